@@ -1,0 +1,269 @@
+"""Configuration: frozen dataclasses that hold every default, loaded from YAML with dotted overrides.
+
+A config file has the sections `run`, `data`, `model`, `train` and `decode`; each key must exist
+in the matching dataclass below and have the right type, or loading fails with a `UserError`
+that names the key and the file. `section.key=value` overrides from the command line follow the
+same rules (values are parsed as YAML scalars, so `train.lr=3e-4` is a float and `data.train_tgt=null`
+is None). The resolved config, every default filled in, is written into the run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from attnkit.errors import UserError
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run lives and what makes it reproducible."""
+
+    dir: str = "runs/demo"
+    seed: int = 1
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: int | None = None  # torch intra-op threads; None keeps PyTorch's default
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Parallel text and its tokenization.
+
+    Training data is two aligned files (`train_src`, `train_tgt`), or one TSV or JSONL file in
+    `train_src` with `train_tgt: null`; the same holds for the validation pair.
+    """
+
+    train_src: str | None = None
+    train_tgt: str | None = None
+    valid_src: str | None = None
+    valid_tgt: str | None = None
+    vocab_size: int = 8000
+    joint_vocab: bool = True
+    tokenizer: str = "unigram"  # unigram | bpe
+    spm_src: str | None = None  # an existing SentencePiece model to use instead of training one
+    spm_tgt: str | None = None  # the target model when joint_vocab is false
+    user_symbols: tuple[str, ...] = ()  # pieces kept whole, e.g. speaker markers "#Person1#:"
+    max_len: int = 256  # pairs longer than this (in tokens, either side) are dropped from training
+    tokenizer_sample: int = 2_000_000  # sentences sampled for SentencePiece training
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture; `preset` names a size and any non-null key below overrides it."""
+
+    arch: str = "transformer"  # transformer | rnn
+    preset: str = "small"  # tiny | small | base | big
+    d_model: int | None = None
+    n_heads: int | None = None
+    d_ff: int | None = None
+    encoder_layers: int | None = None
+    decoder_layers: int | None = None
+    dropout: float | None = None
+    norm: str = "pre"  # pre | post (Transformer)
+    positions: str = "sinusoidal"  # sinusoidal | learned (Transformer)
+    tie_embeddings: bool = True  # share source/target/output embeddings when the vocabulary is joint
+    cell: str = "lstm"  # rnn | gru | lstm (arch: rnn)
+    attention: str = "bahdanau"  # none | bahdanau | luong (arch: rnn)
+    bidirectional: bool = True  # (arch: rnn)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimiser, the schedule and the limits of one training run."""
+
+    max_tokens: int = 4096  # tokens per batch: batch size x longest sequence, padding included
+    accum_steps: int = 1  # batches accumulated into one optimiser step
+    max_steps: int = 20000
+    max_minutes: float | None = None
+    lr: float = 5.0e-4
+    warmup: int = 1000
+    schedule: str = "inverse_sqrt"  # inverse_sqrt | cosine | constant
+    betas: tuple[float, float] = (0.9, 0.98)
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; CUDA only)
+    log_every: int = 50
+    valid_every: int = 500
+    valid_metric: str = "bleu"  # bleu | chrf | loss
+    patience: int = 10  # validations without improvement before stopping; 0 disables
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How text is generated at validation and translation time."""
+
+    beam: int = 5
+    length_penalty: float = 0.6  # GNMT alpha
+    max_len_a: float = 1.5  # output limit = a * source length + b
+    max_len_b: int = 10
+    min_len: int = 0
+    no_repeat_ngram: int = 0
+    batch_tokens: int = 8192  # source tokens per decoding batch
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: one section per dataclass above."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Return `value` checked against (and lightly converted to) `annotation`, or raise UserError."""
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except UserError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin is tuple:
+        args = typing.get_args(annotation)
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise UserError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise UserError(f"{where}: expected {name}, got {value!r}")
+
+
+def _build_section(cls: type, values: dict[str, Any], source: str, section: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise UserError(
+                f"{source}: unknown key '{section}.{key}' (known: {', '.join(sorted(known))})"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{source}: key '{section}.{key}'")
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict[str, Any] | None, source: str = "config") -> Config:
+    """Build a Config from nested dicts, checking every key and type against the dataclasses."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    section_types = _section_types()
+    sections = {}
+    for name, values in raw.items():
+        if name not in section_types:
+            raise UserError(
+                f"{source}: unknown section '{name}' (known: {', '.join(section_types)})"
+            )
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: section '{name}' must be a mapping of keys to values")
+        sections[name] = _build_section(section_types[name], values, source, name)
+    return Config(**sections)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain nested dicts and lists, ready for YAML or JSON."""
+
+    def plain(value: Any) -> Any:
+        return list(value) if isinstance(value, tuple) else value
+
+    return {
+        name: {k: plain(v) for k, v in dataclasses.asdict(getattr(config, name)).items()}
+        for name in SECTIONS
+    }
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Split `section.key=value` into its parts, the value parsed as a YAML scalar."""
+    if "=" not in text:
+        raise UserError(f"override '{text}': expected section.key=value")
+    path, _, raw_value = text.partition("=")
+    if path.count(".") != 1:
+        raise UserError(f"override '{text}': expected section.key=value")
+    section, key = path.split(".")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value != "" else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return section, key, value
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """Return `config` with each dotted override applied; unknown keys and bad types are errors."""
+    raw = to_dict(config)
+    section_types = _section_types()
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in section_types:
+            raise UserError(
+                f"override '{text}': unknown section '{section}' (known: {', '.join(SECTIONS)})"
+            )
+        raw[section][key] = value
+        _build_section(section_types[section], raw[section], "command line", section)
+    return from_dict(raw, "command line")
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file into a Config, then apply dotted overrides."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not valid UTF-8 ({error.reason})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}: invalid YAML{where}") from None
+    return apply_overrides(from_dict(raw, str(path)), overrides or [])
+
+
+def save(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically: a temp file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)

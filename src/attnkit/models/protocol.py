@@ -1,0 +1,69 @@
+"""The model protocol every sequence-to-sequence architecture implements (see DESIGN.md).
+
+Search algorithms (greedy, beam, sampling) and the training loop use only these names, so a
+Transformer and a recurrent model are interchangeable everywhere. Masks follow one convention:
+`True` marks a real token (attend), `False` marks padding.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Protocol
+
+from torch import Tensor
+
+
+class Memory(NamedTuple):
+    """What the encoder hands the decoder: states (B, S, D) and the source mask (B, S)."""
+
+    states: Tensor
+    mask: Tensor
+
+    def reorder(self, indices: Tensor) -> Memory:
+        """Select (and repeat) batch rows, e.g. to expand each sentence to its beam."""
+        return Memory(self.states.index_select(0, indices), self.mask.index_select(0, indices))
+
+
+class State(Protocol):
+    """Decoder state between steps: a key/value cache or a recurrent hidden state."""
+
+    def reorder(self, indices: Tensor) -> State:
+        """Return the state of the batch rows `indices` (B',), in that order."""
+        ...
+
+
+class Step(NamedTuple):
+    """One decoding step: log-probabilities (B, V), the new state, cross-attention (B, S) or None."""
+
+    log_probs: Tensor
+    state: State
+    attention: Tensor | None
+
+
+class Seq2Seq(Protocol):
+    """An encoder-decoder model as the rest of attnkit sees it."""
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: logits (B, T, V) for every target position at once."""
+        ...
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
+        """Encode a source batch (B, S) into memory."""
+        ...
+
+    def init_state(self, memory: Memory) -> State:
+        """The decoder state before the first target token."""
+        ...
+
+    def decode_step(
+        self, memory: Memory, state: State, prev_tokens: Tensor, *, need_attention: bool = False
+    ) -> Step:
+        """Advance every row by one token `prev_tokens` (B,); attention only when asked."""
+        ...
+
+
+def padding_mask(tokens: Tensor, pad_id: int = 0) -> Tensor:
+    """The mask of real tokens (B, L): True where `tokens` is not padding."""
+    return tokens.ne(pad_id)
+
+
+__all__ = ["Memory", "State", "Step", "Seq2Seq", "padding_mask"]
