@@ -1,0 +1,128 @@
+"""Training throughput: attnkit's Transformer against a plain `torch.nn.Transformer` loop.
+
+Both models have the same size (the `small` preset: 3+3 layers, width 256, 4 heads, d_ff 1024,
+tied embeddings), see the same batches (attnkit's length-bucketed batches under a token budget on
+Multi30k English-French), and train with Adam and label-smoothed cross-entropy. The script prints
+target tokens/s for both, their ratio, and the model FLOP utilisation (6 x parameters x tokens per
+second, against the fp32 matmul rate measured in the same run).
+
+    python benchmarks/train_speed.py ../shared/data/multi30k --steps 20 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnkit.config import ModelConfig
+from attnkit.data.batching import collate, make_batches
+from attnkit.data.corpus import read_parallel, tokenize_corpus
+from attnkit.data.tokenizer import PAD_ID, train_tokenizers
+from attnkit.models.build import build_model
+from attnkit.training.loss import smoothed_nll
+
+
+class TorchTransformer(nn.Module):
+    """The reference: `torch.nn.Transformer` with tied embeddings and sinusoidal positions."""
+
+    def __init__(self, vocab: int, d_model: int = 256, heads: int = 4, layers: int = 3, d_ff: int = 1024):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model, padding_idx=PAD_ID)
+        self.core = nn.Transformer(d_model, heads, layers, layers, d_ff, dropout=0.1,
+                                   batch_first=True, norm_first=True)
+        self.out = nn.Linear(d_model, vocab, bias=False)
+        self.out.weight = self.embed.weight
+        position = torch.arange(512).unsqueeze(1)
+        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(512, d_model)
+        table[:, 0::2], table[:, 1::2] = torch.sin(position * div), torch.cos(position * div)
+        self.register_buffer("positions", table, persistent=False)
+        self.scale = math.sqrt(d_model)
+
+    def forward(self, src, src_mask, tgt_in):
+        def embed(x):
+            return self.embed(x) * self.scale + self.positions[: x.size(1)]
+
+        causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.size(1))
+        hidden = self.core(embed(src), embed(tgt_in), tgt_mask=causal, tgt_is_causal=True,
+                           src_key_padding_mask=~src_mask, memory_key_padding_mask=~src_mask)
+        return self.out(hidden)
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """The fp32 matmul rate of this machine with the current thread count."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def time_training(model: nn.Module, batches, corpus, *, attnkit_loss: bool, warmup: int) -> float:
+    """Target tokens per second over the batches after `warmup` untimed steps."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), foreach=True)
+    model.train()
+    tokens, start = 0, None
+    for i, indices in enumerate(batches):
+        if i == warmup:
+            tokens, start = 0, time.perf_counter()
+        batch = collate(corpus, indices)
+        logits = model(batch.src, batch.src_mask, batch.tgt_in)
+        if attnkit_loss:
+            loss, _ = smoothed_nll(logits, batch.tgt_out, smoothing=0.1)
+            loss = loss / batch.n_tgt_tokens
+        else:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1),
+                                   ignore_index=PAD_ID, label_smoothing=0.1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += batch.n_tgt_tokens
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="folder with train.en and train.fr (Multi30k)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per model")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1)
+
+    src, tgt = read_parallel(args.data / "train.en", args.data / "train.fr")
+    with tempfile.TemporaryDirectory() as tmp:
+        toks = train_tokenizers(src, tgt, Path(tmp), vocab_size=8000, joint=True)
+        corpus, _ = tokenize_corpus(src, tgt, toks.src, toks.tgt, max_len=256)
+    batches = make_batches(corpus.src_lengths(), corpus.tgt_lengths(), max_tokens=args.max_tokens,
+                           shuffle=True, seed=1)[: args.warmup + args.steps]
+    vocab = toks.src.vocab_size
+    ours = build_model(ModelConfig(preset="small"), src_vocab=vocab, tgt_vocab=vocab)
+    reference = TorchTransformer(vocab)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_ref = sum(p.numel() for p in reference.parameters())
+
+    gflops = matmul_gflops()
+    ref_rate = time_training(reference, batches, corpus, attnkit_loss=False, warmup=args.warmup)
+    our_rate = time_training(ours, batches, corpus, attnkit_loss=True, warmup=args.warmup)
+    print(f"threads {args.threads}, fp32 matmul {gflops:.0f} GFLOP/s, {args.steps} timed steps")
+    for name, rate, n in [("torch.nn.Transformer", ref_rate, n_ref), ("attnkit", our_rate, n_ours)]:
+        mfu = 6 * n * rate / (gflops * 1e9)
+        print(f"{name:22s} {n / 1e6:5.2f}M params  {rate:8,.0f} target tokens/s  MFU {mfu:5.1%}")
+    print(f"ratio attnkit / torch.nn.Transformer: {our_rate / ref_rate:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

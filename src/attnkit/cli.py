@@ -1,0 +1,169 @@
+"""The `attnkit` command: one subcommand per job, each a thin layer over the library.
+
+Mistakes a user can make raise `UserError`; `main` prints them as one line on stderr and exits
+with status 1, never a traceback. Heavy imports (torch) happen inside the commands so that
+`attnkit --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from attnkit import __version__
+from attnkit.errors import UserError
+
+NOT_YET = {
+    "study": "issue #6 (the architecture comparison report)",
+    "attention": "issue #6 (cross-attention heatmaps)",
+    "serve": "a later issue (the HTTP API and web page)",
+    "export": "a later issue (Hugging Face Marian and CTranslate2 export)",
+}
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from attnkit.demo import run_demo
+
+    run_demo(out=Path(args.out), size=args.size, max_minutes=args.max_minutes)
+
+
+def cmd_data_synth(args: argparse.Namespace) -> None:
+    from attnkit.data.synthetic import write_corpus
+
+    if args.size < 1:
+        raise UserError(f"--size must be at least 1, got {args.size}")
+    paths = write_corpus(args.out, size=args.size, seed=args.seed)
+    for name, path in paths.items():
+        print(f"{name:9s} {path}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from attnkit import config as config_lib
+    from attnkit.training.loop import train
+
+    cfg = config_lib.load(args.config, args.overrides)
+    train(cfg)
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    from attnkit.generation.translator import translate_command
+
+    translate_command(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from attnkit.evaluation.evaluate import evaluate_command
+
+    evaluate_command(args)
+
+
+def not_yet(name: str) -> Callable[[argparse.Namespace], None]:
+    def command(args: argparse.Namespace) -> None:
+        raise UserError(f"'attnkit {name}' is not implemented yet: it arrives with {NOT_YET[name]}")
+
+    return command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="attnkit",
+        description="Sequence-to-sequence learning with attention: train, translate, evaluate, "
+        "and compare the Transformer with the recurrent models it replaced.",
+    )
+    parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="train and use a small translator on the built-in corpus")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--size", type=int, default=20000, help="training pairs to generate")
+    p.add_argument("--max-minutes", type=float, default=3.0, help="training time limit")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="write or prepare corpora")
+    data_sub = p.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+    s = data_sub.add_parser("synth", help="write the built-in English-French corpus")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--size", type=int, default=20000, help="training pairs (default: 20000)")
+    s.add_argument("--seed", type=int, default=1, help="random seed (default: 1)")
+    s.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("train", help="train a model (resumes when the run has a checkpoint)")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("translate", help="translate text with a trained run (stdin to stdout)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("-i", "--input", help="input file (default: stdin)")
+    p.add_argument("-o", "--output", help="output file (default: stdout)")
+    p.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam)")
+    p.add_argument("--nbest", type=int, default=1, help="hypotheses per input, with scores")
+    p.add_argument("--max-tokens", type=int, help="source tokens per batch")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the run's)")
+    p.add_argument(
+        "--too-long",
+        choices=["error", "split"],
+        default="error",
+        help="input longer than the model's limit: stop with an error, or split it into pieces",
+    )
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.set_defaults(func=cmd_translate)
+
+    p = sub.add_parser("evaluate", help="score a run on a test set (BLEU, chrF, TER)")
+    p.add_argument("run", nargs="?", help="run directory (not needed with --hyp)")
+    p.add_argument("--src", help="source file to translate")
+    p.add_argument("--ref", action="append", required=True, help="reference file (repeatable)")
+    p.add_argument("--hyp", help="score this existing output instead of translating")
+    p.add_argument("--metrics", default="bleu,chrf,ter", help="comma-separated metrics")
+    p.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("study", help="the architecture comparison report [not yet implemented]")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default="runs/study")
+    p.set_defaults(func=not_yet("study"))
+
+    p = sub.add_parser("attention", help="draw a cross-attention heatmap [not yet implemented]")
+    p.add_argument("run")
+    p.add_argument("text")
+    p.add_argument("--out")
+    p.set_defaults(func=not_yet("attention"))
+
+    p = sub.add_parser("serve", help="serve a run over HTTP [not yet implemented]")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=not_yet("serve"))
+
+    p = sub.add_parser("export", help="export a run to Hugging Face or CTranslate2 [not yet]")
+    p.add_argument("run")
+    p.add_argument("--to", choices=["hf", "ctranslate2"], required=True)
+    p.add_argument("out")
+    p.set_defaults(func=not_yet("export"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as error:
+        print(f"attnkit: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("attnkit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `head`) went away; nothing left to report.
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""Reading and validating parallel text, and storing it as token ids.
+
+Text is raw UTF-8, one segment a line. Parallel data comes as two aligned files, one TSV file
+(exactly one tab a line: source, tab, target) or one JSONL file (an object a line with string
+fields "src" and "tgt"). Every problem with a file is a `UserError` that names the file, and the
+line where there is one.
+
+Tokenized corpora keep one flat array of ids per side plus offsets, so memory grows with the
+number of tokens, not with the number of Python objects: pair `i`'s source is
+`src[src_offsets[i]:src_offsets[i + 1]]`. Ids are stored without BOS/EOS; batching adds them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from attnkit.data.tokenizer import Tokenizer
+from attnkit.errors import UserError
+
+ACCEPTED_FORMS = (
+    "give two aligned files (source and target), a .tsv file with one tab a line, "
+    'or a .jsonl file with "src" and "tgt" fields a line'
+)
+
+
+def _check_readable(path: Path) -> None:
+    """Raise UserError unless `path` is an existing regular file."""
+    if not path.exists():
+        raise UserError(f"file not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, expected a text file")
+
+
+def iter_lines(path: str | Path) -> Iterator[str]:
+    """Stream a UTF-8 text file one line at a time, without its line terminator.
+
+    Only the trailing "\\n" or "\\r\\n" is removed; other whitespace is part of the line. A UTF-8
+    byte order mark at the start of the file is dropped. The file is checked when this is called;
+    invalid UTF-8 raises UserError naming the file and the 1-based line number when reading
+    reaches it (lines are decoded in blocks, so the lines just before it may not come first).
+    """
+    path = Path(path)
+    _check_readable(path)
+    return _stream(path)
+
+
+_BLOCK_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+
+
+def _stream(path: Path) -> Iterator[str]:
+    """The lines of `path`, decoded a block of whole lines at a time (much faster than per line).
+
+    `read1` returns what is available, so a pipe or terminal (/dev/stdin) yields each line as it
+    arrives instead of waiting for a full block.
+    """
+    try:
+        handle = path.open("rb")
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    with handle:
+        lines_done, pending = 0, handle.read(len(_BOM))
+        if pending == _BOM:
+            pending = b""
+        while block := handle.read1(_BLOCK_BYTES):
+            block = pending + block
+            end = block.rfind(b"\n") + 1  # decode whole lines only: a character may span blocks
+            pending = block[end:]
+            lines = _decode(block[:end], path, lines_done).split("\n")[:-1]
+            lines_done += len(lines)
+            yield from (line[:-1] if line.endswith("\r") else line for line in lines)
+        if pending:  # a last line without a line terminator
+            yield _decode(pending, path, lines_done)
+
+
+def _decode(data: bytes, path: Path, lines_before: int) -> str:
+    """`data` decoded as UTF-8, or a UserError with the 1-based line of the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = lines_before + data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"{path}: invalid UTF-8 on line {line}") from None
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Read a UTF-8 text file into a list of lines, one segment each (see `iter_lines`)."""
+    return list(iter_lines(path))
+
+
+def read_parallel(src: str | Path, tgt: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """Read a parallel corpus: two aligned files, or one .tsv or .jsonl file when `tgt` is None.
+
+    Returns the source and target segments as two lists of equal length. Raises UserError for
+    mismatched line counts, malformed lines (with their line number), an unknown single-file
+    format, and a corpus with no lines.
+    """
+    src = Path(src)
+    if tgt is not None:
+        tgt = Path(tgt)
+        src_lines, tgt_lines = read_lines(src), read_lines(tgt)
+        if len(src_lines) != len(tgt_lines):
+            raise UserError(
+                f"line counts differ: {src} has {len(src_lines)} lines, {tgt} has {len(tgt_lines)}"
+            )
+    else:
+        suffix = src.suffix.lower()
+        if suffix == ".tsv":
+            src_lines, tgt_lines = _read_tsv(src)
+        elif suffix in (".jsonl", ".json"):
+            src_lines, tgt_lines = _read_jsonl(src)
+        else:
+            raise UserError(
+                f"{src}: no target file given and the format of a single file is unknown; "
+                + ACCEPTED_FORMS
+            )
+    if not src_lines:
+        raise UserError(f"{src} is empty: a parallel corpus needs at least one pair")
+    return src_lines, tgt_lines
+
+
+def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
+    """Split each line of a TSV file at its one tab."""
+    src_lines, tgt_lines = [], []
+    for number, line in enumerate(iter_lines(path), start=1):
+        tabs = line.count("\t")
+        if tabs != 1:
+            raise UserError(f"{path} line {number}: expected exactly one tab, found {tabs}")
+        source, target = line.split("\t")
+        src_lines.append(source)
+        tgt_lines.append(target)
+    return src_lines, tgt_lines
+
+
+def _read_jsonl(path: Path) -> tuple[list[str], list[str]]:
+    """Read the "src" and "tgt" fields of a JSONL file's one object a line."""
+    src_lines, tgt_lines = [], []
+    expected = 'expected a JSON object with string fields "src" and "tgt"'
+    for number, line in enumerate(iter_lines(path), start=1):
+        if not line.strip():
+            raise UserError(f"{path} line {number}: blank line, {expected}")
+        if number == 1 and line.lstrip().startswith("["):
+            raise UserError(f"{path} line 1: expected one JSON object a line (JSONL), not an array")
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path} line {number}: invalid JSON ({error.msg})") from None
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get("src"), str)
+            and isinstance(record.get("tgt"), str)
+        ):
+            raise UserError(f"{path} line {number}: {expected}")
+        src_lines.append(record["src"])
+        tgt_lines.append(record["tgt"])
+    return src_lines, tgt_lines
+
+
+@dataclass
+class TokenizedCorpus:
+    """A parallel corpus as token ids: one flat array per side plus int64 offsets (length N+1)."""
+
+    src: np.ndarray
+    src_offsets: np.ndarray
+    tgt: np.ndarray
+    tgt_offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.src_offsets) - 1
+
+    def src_lengths(self) -> np.ndarray:
+        """Number of source tokens of each pair (without EOS), int64 of shape (N,)."""
+        return np.diff(self.src_offsets)
+
+    def tgt_lengths(self) -> np.ndarray:
+        """Number of target tokens of each pair (without BOS/EOS), int64 of shape (N,)."""
+        return np.diff(self.tgt_offsets)
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """The source and target ids of pair `i` (views into the flat arrays)."""
+        return (
+            self.src[self.src_offsets[i] : self.src_offsets[i + 1]],
+            self.tgt[self.tgt_offsets[i] : self.tgt_offsets[i + 1]],
+        )
+
+    def save(self, path: str | Path) -> None:
+        """Write the corpus to one .npz file (atomically: a temp file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        with tmp.open("wb") as handle:
+            np.savez(
+                handle,
+                src=self.src,
+                src_offsets=self.src_offsets,
+                tgt=self.tgt,
+                tgt_offsets=self.tgt_offsets,
+            )
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TokenizedCorpus:
+        """Read a corpus written by `save`; UserError if the file is missing or not such a cache."""
+        path = Path(path)
+        _check_readable(path)
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                corpus = cls(**{name: arrays[name] for name in _ARRAYS})
+        except (OSError, ValueError, KeyError, EOFError, TypeError):
+            raise UserError(f"{path}: not a tokenized corpus cache (.npz); delete it") from None
+        if not corpus._consistent():
+            raise UserError(f"{path}: tokenized corpus cache is inconsistent; delete it")
+        return corpus
+
+    def _consistent(self) -> bool:
+        """Whether the offsets describe the flat arrays and both sides have the same pair count."""
+        for ids, offsets in ((self.src, self.src_offsets), (self.tgt, self.tgt_offsets)):
+            if ids.ndim != 1 or offsets.ndim != 1 or len(offsets) == 0:
+                return False
+            if offsets[0] != 0 or offsets[-1] != len(ids) or np.any(np.diff(offsets) < 0):
+                return False
+        return len(self.src_offsets) == len(self.tgt_offsets)
+
+
+_ARRAYS = ("src", "src_offsets", "tgt", "tgt_offsets")
+
+
+@dataclass(frozen=True)
+class FilterReport:
+    """How many pairs `tokenize_corpus` kept and why it dropped the others.
+
+    `describe()` reads "kept 28,990 of 29,000 pairs; dropped 3 empty, 7 longer than 256 tokens".
+    """
+
+    kept: int
+    empty: int
+    too_long: int
+    max_len: int
+
+    @property
+    def total(self) -> int:
+        """Number of pairs before filtering."""
+        return self.kept + self.empty + self.too_long
+
+    def describe(self) -> str:
+        """One line for the log, such as the example in the class docstring."""
+        dropped = []
+        if self.empty:
+            dropped.append(f"{self.empty:,} empty")
+        if self.too_long:
+            dropped.append(f"{self.too_long:,} longer than {self.max_len:,} tokens")
+        reasons = ", ".join(dropped) if dropped else "none"
+        return f"kept {self.kept:,} of {self.total:,} pairs; dropped {reasons}"
+
+
+def tokenize_corpus(
+    src_lines: Sequence[str],
+    tgt_lines: Sequence[str],
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    *,
+    max_len: int,
+    batch: int = 10000,
+    progress: bool = False,
+) -> tuple[TokenizedCorpus, FilterReport]:
+    """Encode a parallel corpus into a TokenizedCorpus, dropping pairs unfit for training.
+
+    A pair is dropped as empty when either side is blank (only whitespace, or no tokens), and as
+    too long when either side has more than `max_len` tokens, counted without BOS/EOS (so the
+    model sees at most `max_len + 1` positions a side). A pair that is both counts as empty.
+    Lines are encoded `batch` at a time so that only the ids of one chunk exist as Python lists.
+    """
+    if len(src_lines) != len(tgt_lines):
+        raise ValueError(f"{len(src_lines)} source lines but {len(tgt_lines)} target lines")
+    dtype = np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) <= 2**16 else np.int32
+    chunks: dict[str, list[np.ndarray]] = {"src": [], "tgt": [], "src_len": [], "tgt_len": []}
+    empty = too_long = 0
+    starts = range(0, len(src_lines), batch)
+    for start in tqdm(starts, desc="tokenize", unit="chunk", disable=not progress, file=sys.stderr):
+        sources, targets = src_lines[start : start + batch], tgt_lines[start : start + batch]
+        src_ids, src_len = _flatten(src_tok.encode(list(sources)), dtype)
+        tgt_ids, tgt_len = _flatten(tgt_tok.encode(list(targets)), dtype)
+        blank = np.fromiter(
+            (not s.strip() or not t.strip() for s, t in zip(sources, targets, strict=True)),
+            dtype=bool,
+            count=len(sources),
+        )
+        is_empty = blank | (src_len == 0) | (tgt_len == 0)
+        is_long = ~is_empty & ((src_len > max_len) | (tgt_len > max_len))
+        keep = ~(is_empty | is_long)
+        empty += int(is_empty.sum())
+        too_long += int(is_long.sum())
+        chunks["src"].append(src_ids[np.repeat(keep, src_len)])
+        chunks["tgt"].append(tgt_ids[np.repeat(keep, tgt_len)])
+        chunks["src_len"].append(src_len[keep])
+        chunks["tgt_len"].append(tgt_len[keep])
+    corpus = TokenizedCorpus(
+        src=np.concatenate(chunks["src"]) if chunks["src"] else np.zeros(0, dtype),
+        src_offsets=_offsets(chunks["src_len"]),
+        tgt=np.concatenate(chunks["tgt"]) if chunks["tgt"] else np.zeros(0, dtype),
+        tgt_offsets=_offsets(chunks["tgt_len"]),
+    )
+    report = FilterReport(kept=len(corpus), empty=empty, too_long=too_long, max_len=max_len)
+    return corpus, report
+
+
+def _flatten(ids: list[list[int]], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of ids as one flat array plus the int64 length of each list."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _offsets(lengths: list[np.ndarray]) -> np.ndarray:
+    """Int64 offsets (length N+1, starting at 0) from per-chunk arrays of lengths."""
+    all_lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    offsets = np.zeros(len(all_lengths) + 1, dtype=np.int64)
+    np.cumsum(all_lengths, out=offsets[1:])
+    return offsets

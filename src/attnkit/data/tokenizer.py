@@ -1,0 +1,236 @@
+"""SentencePiece training and loading, with attnkit's fixed special ids.
+
+Every model attnkit trains or accepts has pad=0, unk=1, bos=2, eos=3, so ids mean the same thing
+in the corpus, the batches, the model and the decoder. A tokenizer directory holds either
+`joint.model` (one model for both languages) or `src.model` and `tgt.model`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import sentencepiece as spm
+
+from attnkit.errors import UserError
+
+PAD_ID = 0
+UNK_ID = 1
+BOS_ID = 2
+EOS_ID = 3
+SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID)  # dropped before decoding; UNK still decodes (to " ⁇ ")
+MODEL_TYPES = ("unigram", "bpe")
+# Fixed rather than os.cpu_count(): unigram training sums its statistics per thread, so the
+# thread count changes the model (Multi30k: 2 vs 16 threads gives 2 different pieces and 16% of
+# sentences segmented differently). More threads than cores costs nothing measurable.
+TRAINING_THREADS = 16
+
+
+class Tokenizer:
+    """One SentencePiece model: text to ids without BOS/EOS, and ids back to text."""
+
+    def __init__(self, model_path: str | Path) -> None:
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise UserError(f"tokenizer model not found: {self.path}")
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (RuntimeError, OSError):
+            raise UserError(f"{self.path}: not a SentencePiece model") from None
+        found = (self._sp.pad_id(), self._sp.unk_id(), self._sp.bos_id(), self._sp.eos_id())
+        if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise UserError(
+                f"{self.path}: special ids (pad, unk, bos, eos) are {found}, "
+                f"attnkit needs {(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}; train it with "
+                "--pad_id=0 --unk_id=1 --bos_id=2 --eos_id=3"
+            )
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special ids included."""
+        return self._sp.get_piece_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Ids of each text, without BOS or EOS."""
+        return self._sp.encode(list(texts), out_type=int)
+
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
+        """Text of each id sequence; PAD, BOS and EOS are dropped first."""
+        cleaned = [[int(i) for i in seq if int(i) not in SPECIAL_IDS] for seq in ids]
+        return self._sp.decode(cleaned)
+
+    def pieces(self, text: str) -> list[str]:
+        """The pieces one text splits into, e.g. for attention heatmap labels."""
+        return self._sp.encode(text, out_type=str)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+@dataclass(frozen=True)
+class Tokenizers:
+    """The source and target tokenizers of a run; with a joint vocabulary they are one object."""
+
+    src: Tokenizer
+    tgt: Tokenizer
+    joint: bool
+
+
+def load_tokenizers(out_dir: str | Path) -> Tokenizers:
+    """Load the tokenizer(s) of a directory: joint.model, or src.model and tgt.model."""
+    out_dir = Path(out_dir)
+    if (out_dir / "joint.model").is_file():
+        joint = Tokenizer(out_dir / "joint.model")
+        return Tokenizers(src=joint, tgt=joint, joint=True)
+    if (out_dir / "src.model").is_file() and (out_dir / "tgt.model").is_file():
+        return Tokenizers(
+            src=Tokenizer(out_dir / "src.model"), tgt=Tokenizer(out_dir / "tgt.model"), joint=False
+        )
+    raise UserError(
+        f"{out_dir}: no tokenizer found (expected joint.model, or src.model and tgt.model)"
+    )
+
+
+def train_tokenizers(
+    src_lines: Sequence[str],
+    tgt_lines: Sequence[str],
+    out_dir: str | Path,
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    joint: bool = True,
+    user_symbols: Sequence[str] = (),
+    sample: int = 2_000_000,
+    seed: int = 1,
+) -> Tokenizers:
+    """Train SentencePiece model(s) on the training text and save them into `out_dir`.
+
+    `joint` trains one model on both sides (joint.model), otherwise one per side (src.model,
+    tgt.model). `vocab_size` is a soft limit, so tiny corpora train a smaller vocabulary instead
+    of failing. At most `sample` sentences per model are used, drawn with `random.Random(seed)`,
+    so identical inputs give identical models. Training happens in a temporary directory that
+    replaces `out_dir` only when every model is written: a crash leaves no half tokenizer.
+    """
+    if model_type not in MODEL_TYPES:
+        raise UserError(f"unknown tokenizer type '{model_type}' (expected unigram or bpe)")
+    # A joint model learns from both sides; the list copies references, not strings.
+    corpora = {"joint": [*src_lines, *tgt_lines]} if joint else {"src": src_lines, "tgt": tgt_lines}
+    for name, lines in corpora.items():
+        if not any(line.strip() for line in lines):
+            raise UserError(f"cannot train the {name} tokenizer: its training text has no words")
+    out_dir = Path(out_dir)
+    with _replacing_dir(out_dir) as staging:
+        for name, lines in corpora.items():
+            _train_one(
+                _sample(lines, sample, seed),
+                staging / name,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                user_symbols=list(user_symbols),
+            )
+    return load_tokenizers(out_dir)
+
+
+def _sample(lines: Sequence[str], size: int, seed: int) -> Iterator[str]:
+    """All lines, or `size` of them drawn without replacement by a seeded generator, in order."""
+    if len(lines) <= size:
+        return iter(lines)
+    # Our own seeded sample, so the result never depends on SentencePiece's global generator.
+    chosen = sorted(random.Random(seed).sample(range(len(lines)), size))
+    return (lines[i] for i in chosen)
+
+
+def _train_one(
+    sentences: Iterator[str],
+    prefix: Path,
+    *,
+    vocab_size: int,
+    model_type: str,
+    user_symbols: list[str],
+) -> None:
+    """Train one SentencePiece model on every sentence given, into prefix.model and prefix.vocab."""
+    # The model comes back as bytes rather than through `model_prefix`, which SentencePiece would
+    # record inside the model: the staging directory's random name would make every model differ.
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=sentences,
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            character_coverage=1.0,
+            hard_vocab_limit=False,
+            user_defined_symbols=user_symbols,
+            input_sentence_size=0,  # every sentence given: `_sample` already sampled them
+            shuffle_input_sentence=False,
+            max_sentence_length=1 << 16,  # bytes; the default (4192) skips long documents
+            num_threads=TRAINING_THREADS,
+            minloglevel=2,  # warnings and errors only; errors become the UserError below
+        )
+    except RuntimeError as error:
+        lines = str(error).strip().splitlines() or ["unknown error"]
+        # Keep SentencePiece's explanation, not its "INTERNAL: file.cc(638) [condition]" prefix.
+        reason = re.sub(r"^\w+: \S+\(\d+\) \[.*\] ", "", lines[-1])
+        raise UserError(f"tokenizer training failed ({prefix.name}.model): {reason}") from None
+    prefix.with_suffix(".model").write_bytes(model.getvalue())
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    vocab = (
+        f"{processor.id_to_piece(i)}\t{processor.get_score(i):g}\n"
+        for i in range(processor.get_piece_size())
+    )
+    prefix.with_suffix(".vocab").write_text("".join(vocab), encoding="utf-8")
+
+
+@contextmanager
+def _replacing_dir(target: Path) -> Iterator[Path]:
+    """A staging directory beside `target` that replaces it when the block finishes without error.
+
+    On error the staging directory is removed and `target` is left as it was.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp"))
+    try:
+        yield staging
+        staging.chmod(0o755)  # mkdtemp makes it private to the user
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old{os.getpid()}")
+            target.rename(old)
+        staging.rename(target)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
+
+
+def tokenizers_from_models(
+    src_model: str | Path, tgt_model: str | Path | None, out_dir: str | Path
+) -> Tokenizers:
+    """Use existing SentencePiece model(s) chosen by the user: copy them into out_dir, then load.
+
+    `tgt_model` None means `src_model` is a joint model for both sides. The models are checked
+    (readable, attnkit's special ids) before anything is copied, so errors name the user's file.
+    """
+    Tokenizer(src_model)
+    if tgt_model is None:
+        copies = {"joint.model": src_model}
+    else:
+        Tokenizer(tgt_model)
+        copies = {"src.model": src_model, "tgt.model": tgt_model}
+    out_dir = Path(out_dir)
+    with _replacing_dir(out_dir) as staging:
+        for name, source in copies.items():
+            shutil.copyfile(source, staging / name)
+    return load_tokenizers(out_dir)

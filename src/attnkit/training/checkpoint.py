@@ -1,0 +1,97 @@
+"""Checkpoints: safetensors weights plus training state, each directory replaced atomically.
+
+A checkpoint directory (`checkpoints/last`, `checkpoints/best`) is written whole into a sibling
+`NAME.new`, then swapped in with two renames; a run killed at any moment leaves either the old or
+the new checkpoint complete (`NAME.old` covers the instant between the renames). Weights are
+safetensors; the training state is loaded with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorsError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from attnkit.errors import UserError
+
+WEIGHTS = "model.safetensors"
+TRAIN_STATE = "train_state.pt"
+INFO = "info.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    directory: Path, model: nn.Module, *, info: dict[str, Any], train_state: dict | None = None
+) -> None:
+    """Write weights (and optionally training state) to `directory`, replacing it atomically."""
+    directory = Path(directory)
+    new, old = directory.with_name(directory.name + ".new"), directory.with_name(directory.name + ".old")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    save_model(model, str(new / WEIGHTS))  # handles tied (shared) tensors
+    if train_state is not None:
+        torch.save(train_state, new / TRAIN_STATE)
+    (new / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    for path in new.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    new.rename(directory)
+    _fsync_dir(directory.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(directory: Path) -> Path | None:
+    """The complete checkpoint at `directory`, or the previous one if a swap was interrupted."""
+    directory = Path(directory)
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if (candidate / WEIGHTS).is_file() and (candidate / INFO).is_file():
+            return candidate
+    return None
+
+
+def load_weights(directory: Path, model: nn.Module) -> None:
+    """Load safetensors weights into `model`; a mismatch is a UserError naming the checkpoint."""
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except (SafetensorsError, RuntimeError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: incompatible checkpoint ({first_line})") from None
+    if missing or unexpected:
+        names = ", ".join(list(missing)[:3] + list(unexpected)[:3])
+        raise UserError(f"{path}: incompatible checkpoint (parameters that do not match: {names})")
+
+
+def load_train_state(directory: Path) -> dict:
+    """The optimiser, schedule, RNG and data position saved beside the weights."""
+    path = Path(directory) / TRAIN_STATE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"training state not found: {path}") from None
+    except Exception as error:  # a corrupt or foreign file: report it, do not unpickle further
+        raise UserError(f"{path}: unreadable training state ({type(error).__name__})") from None
+
+
+def read_info(directory: Path) -> dict[str, Any]:
+    """The small JSON record (step, scores) written with each checkpoint."""
+    return json.loads((Path(directory) / INFO).read_text(encoding="utf-8"))

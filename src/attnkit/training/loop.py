@@ -1,0 +1,236 @@
+"""The training loop: one function, `train`, readable top to bottom.
+
+Schedule, forward, label-smoothed loss normalised by target tokens, backward, clip, step,
+periodic validation, checkpoint. A run directory with a checkpoint resumes the same run: same
+data order (batches are a function of seed and epoch), same random state, same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from attnkit.config import Config
+from attnkit.data.batching import collate, make_batches
+from attnkit.models.build import build_model
+from attnkit.training.checkpoint import (
+    find_checkpoint,
+    load_train_state,
+    load_weights,
+    save_checkpoint,
+)
+from attnkit.training.loss import smoothed_nll
+from attnkit.training.prepare import PreparedRun, log, prepare_run
+from attnkit.training.schedule import learning_rate
+from attnkit.training.validate import better, validate
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved with every checkpoint so a resumed run continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    elapsed: float = 0.0  # seconds of training, summed over resumed sessions
+    best_score: float | None = None
+    bad_validations: int = 0
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) run reports back."""
+
+    run_dir: Path
+    step: int
+    best_score: float | None
+    stopped_by: str
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bf16 where supported); full fp32 elsewhere unless asked."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Batches:
+    """An endless, resumable walk over the training batches, epoch after epoch."""
+
+    def __init__(self, run: PreparedRun, progress: Progress) -> None:
+        self.corpus, self.cfg, self.progress = run.train, run.config, progress
+        self.src_lengths, self.tgt_lengths = self.corpus.src_lengths(), self.corpus.tgt_lengths()
+        self.epoch_batches = self._plan(progress.epoch)
+
+    def _plan(self, epoch: int) -> list:
+        return make_batches(
+            self.src_lengths,
+            self.tgt_lengths,
+            max_tokens=self.cfg.train.max_tokens,
+            shuffle=True,
+            seed=self.cfg.run.seed,
+            epoch=epoch,
+        )
+
+    def next(self):
+        p = self.progress
+        if p.batch_in_epoch >= len(self.epoch_batches):
+            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            self.epoch_batches = self._plan(p.epoch)
+        indices = self.epoch_batches[p.batch_in_epoch]
+        p.batch_in_epoch += 1
+        return collate(self.corpus, indices)
+
+
+def _restore(run: PreparedRun, model, optimizer) -> Progress:
+    checkpoint = find_checkpoint(run.dir / "checkpoints" / "last")
+    if checkpoint is None:
+        return Progress()
+    load_weights(checkpoint, model)
+    state = load_train_state(checkpoint)
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng_cpu"])
+    if torch.cuda.is_available() and state.get("rng_cuda"):
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    progress = Progress(**state["progress"])
+    log(f"resuming {run.dir} from step {progress.step}")
+    _truncate_metrics(run.dir / "metrics.jsonl", progress.step)
+    return progress
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop events logged after the checkpoint we resume from; they will be logged again."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def _save_last(run: PreparedRun, model, optimizer, progress: Progress) -> None:
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "progress": asdict(progress),
+    }
+    info = {"step": progress.step, "best_score": progress.best_score}
+    save_checkpoint(run.dir / "checkpoints" / "last", model, info=info, train_state=state)
+
+
+class EventLog:
+    """metrics.jsonl plus TensorBoard: one call records one event in both."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def __call__(self, event: str, step: int, **values: float) -> None:
+        self.file.write(json.dumps({"event": event, "step": step, **values}) + "\n")
+        self.file.flush()
+        for name, value in values.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(f"{event}/{name}", value, step)
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+
+
+def train(cfg: Config) -> TrainResult:
+    """Train (or resume) the run `cfg.run.dir` until a step, time or patience limit."""
+    run = prepare_run(cfg)
+    t, device = cfg.train, resolve_device(cfg.run.device)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    torch.manual_seed(cfg.run.seed)
+    src_vocab, tgt_vocab = run.tokenizers.src.vocab_size, run.tokenizers.tgt.vocab_size
+    model = build_model(cfg.model, src_vocab=src_vocab, tgt_vocab=tgt_vocab).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, foreach=True
+    )
+    progress = _restore(run, model, optimizer)
+    batches, events = Batches(run, progress), EventLog(run.dir)
+    log(f"model: {cfg.model.arch} {cfg.model.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, on {device}")
+    bar = tqdm(total=t.max_steps, initial=progress.step, disable=not t.progress, unit="step", dynamic_ncols=True)
+    started, window_tokens, window_start, stopped_by = time.monotonic(), 0, time.monotonic(), "max_steps"
+    elapsed_before = progress.elapsed
+    model.train()
+    while progress.step < t.max_steps:
+        lr = learning_rate(progress.step + 1, lr=t.lr, warmup=t.warmup, schedule=t.schedule, max_steps=t.max_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        group_batches = [batches.next().to(device) for _ in range(t.accum_steps)]
+        n_tokens = sum(b.n_tgt_tokens for b in group_batches)
+        loss_sum = nll_sum = 0.0
+        for batch in group_batches:
+            with autocast_for(device, t.precision):
+                logits = model(batch.src, batch.src_mask, batch.tgt_in)
+            loss, nll = smoothed_nll(logits, batch.tgt_out, smoothing=t.label_smoothing)
+            (loss / n_tokens).backward()
+            loss_sum, nll_sum = loss_sum + loss.item(), nll_sum + nll.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        progress.elapsed = elapsed_before + time.monotonic() - started
+        window_tokens += n_tokens
+        bar.update(1)
+
+        if progress.step % t.log_every == 0 or progress.step == 1:
+            rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
+            events("train", progress.step, loss=loss_sum / n_tokens, ppl=math.exp(min(nll_sum / n_tokens, 50)),
+                   lr=lr, grad_norm=float(grad_norm), tgt_tokens_per_s=rate, elapsed=progress.elapsed)
+            bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+            window_tokens, window_start = 0, time.monotonic()
+
+        out_of_time = t.max_minutes is not None and progress.elapsed >= t.max_minutes * 60
+        if progress.step % t.valid_every == 0 or progress.step == t.max_steps or out_of_time:
+            if _validate_and_checkpoint(run, model, optimizer, progress, events, device):
+                stopped_by = "patience"
+                break
+            window_start = time.monotonic()
+        if out_of_time:
+            stopped_by = "max_minutes"
+            break
+    bar.close()
+    events.close()
+    log(f"stopped at step {progress.step} ({stopped_by}); run directory: {run.dir}")
+    return TrainResult(run.dir, progress.step, progress.best_score, stopped_by)
+
+
+def _validate_and_checkpoint(run, model, optimizer, progress: Progress, events, device) -> bool:
+    """Validate, keep the best weights, save the last checkpoint; True when patience ran out."""
+    t = run.config.train
+    scores = validate(run, model, device) if run.valid is not None else {}
+    if scores:
+        events("valid", progress.step, **scores)
+        log(f"step {progress.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    score = scores.get(t.valid_metric)
+    if score is None or better(score, progress.best_score, t.valid_metric):
+        progress.best_score, progress.bad_validations = score, 0
+        info = {"step": progress.step, t.valid_metric: score, **scores}
+        save_checkpoint(run.dir / "checkpoints" / "best", model, info=info)
+    else:
+        progress.bad_validations += 1
+    _save_last(run, model, optimizer, progress)
+    return t.patience > 0 and progress.bad_validations >= t.patience

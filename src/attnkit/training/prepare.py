@@ -1,0 +1,113 @@
+"""Everything a training run needs before its first step: checked config, text, tokenizer, tensors.
+
+All reading and checking happens before anything is written, so bad input leaves no half-made
+run directory behind.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from attnkit import config as config_lib
+from attnkit.config import Config
+from attnkit.data.corpus import TokenizedCorpus, read_parallel, tokenize_corpus
+from attnkit.data.tokenizer import (
+    Tokenizers,
+    load_tokenizers,
+    tokenizers_from_models,
+    train_tokenizers,
+)
+from attnkit.errors import UserError
+
+CONFIG_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+
+
+def log(message: str) -> None:
+    """Progress messages go to stderr, so stdout stays clean for results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class PreparedRun:
+    """A run directory's config, tokenizers and tokenized data, ready to train on."""
+
+    dir: Path
+    config: Config
+    tokenizers: Tokenizers
+    train: TokenizedCorpus
+    valid: TokenizedCorpus | None
+    valid_src: list[str]
+    valid_ref: list[str]
+
+
+def check_compatible(run_dir: Path, cfg: Config) -> None:
+    """A run directory may only be resumed with the data and model it was started with."""
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file():
+        return
+    saved = config_lib.load(saved_path)
+    for section in ("data", "model"):
+        if getattr(saved, section) != getattr(cfg, section):
+            raise UserError(
+                f"{run_dir} holds a run with a different '{section}' config; "
+                "resume it with the same settings, or choose another run.dir"
+            )
+
+
+def _read_pair(src: str | None, tgt: str | None, what: str) -> tuple[list[str], list[str]]:
+    if src is None:
+        raise UserError(f"data.{what}_src is not set: give it in the config or as data.{what}_src=PATH")
+    return read_parallel(src, tgt)
+
+
+def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> Tokenizers:
+    out = run_dir / TOKENIZER_DIR
+    if any(out.glob("*.model")):
+        return load_tokenizers(out)
+    data = cfg.data
+    if data.spm_src is not None:
+        return tokenizers_from_models(data.spm_src, None if data.joint_vocab else data.spm_tgt, out)
+    if data.tokenizer not in ("unigram", "bpe"):
+        raise UserError(f"data.tokenizer: unknown value '{data.tokenizer}' (expected unigram or bpe)")
+    log(f"training a {data.vocab_size}-piece {data.tokenizer} SentencePiece model on {len(src):,} pairs")
+    return train_tokenizers(
+        src,
+        tgt,
+        out,
+        vocab_size=data.vocab_size,
+        model_type=data.tokenizer,
+        joint=data.joint_vocab,
+        user_symbols=data.user_symbols,
+        sample=data.tokenizer_sample,
+        seed=cfg.run.seed,
+    )
+
+
+def prepare_run(cfg: Config) -> PreparedRun:
+    """Check the config against the run directory, read the data, and tokenize it."""
+    run_dir = Path(cfg.run.dir)
+    check_compatible(run_dir, cfg)
+    train_src, train_tgt = _read_pair(cfg.data.train_src, cfg.data.train_tgt, "train")
+    valid_src, valid_ref = ([], [])
+    if cfg.data.valid_src is not None:
+        valid_src, valid_ref = _read_pair(cfg.data.valid_src, cfg.data.valid_tgt, "valid")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_lib.save(cfg, run_dir / CONFIG_FILE)
+    tokenizers = _tokenizers(cfg, run_dir, train_src, train_tgt)
+    train, report = tokenize_corpus(
+        train_src, train_tgt, tokenizers.src, tokenizers.tgt, max_len=cfg.data.max_len
+    )
+    log(f"training data: {report.describe()}")
+    if len(train) == 0:
+        raise UserError(f"{cfg.data.train_src}: no usable training pairs (all empty or too long)")
+    valid = None
+    if valid_src:
+        # Validation loss skips only empty pairs; BLEU is computed on every line.
+        valid, _ = tokenize_corpus(
+            valid_src, valid_ref, tokenizers.src, tokenizers.tgt, max_len=10**9
+        )
+    return PreparedRun(run_dir, cfg, tokenizers, train, valid, valid_src, valid_ref)

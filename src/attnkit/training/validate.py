@@ -1,0 +1,58 @@
+"""Validation during training: loss and perplexity by teacher forcing, BLEU and chrF of decoded output."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from attnkit.data.batching import collate, make_batches
+from attnkit.evaluation.metrics import corpus_scores
+from attnkit.generation.translator import Translator
+from attnkit.training.loss import smoothed_nll
+
+LOWER_IS_BETTER = {"loss"}
+
+
+def better(score: float, best: float | None, metric: str) -> bool:
+    """Whether `score` improves on `best` for `metric` (loss goes down, BLEU and chrF go up)."""
+    if best is None:
+        return True
+    return score < best if metric in LOWER_IS_BETTER else score > best
+
+
+@torch.inference_mode()
+def validation_loss(model: torch.nn.Module, run, device: torch.device) -> float:
+    """Mean negative log-likelihood per target token on the validation pairs."""
+    corpus, total, tokens = run.valid, 0.0, 0
+    batches = make_batches(
+        corpus.src_lengths(),
+        corpus.tgt_lengths(),
+        max_tokens=run.config.train.max_tokens,
+        shuffle=False,
+    )
+    for indices in batches:
+        batch = collate(corpus, indices).to(device)
+        logits = model(batch.src, batch.src_mask, batch.tgt_in)
+        _, nll = smoothed_nll(logits, batch.tgt_out, smoothing=0.0)
+        total, tokens = total + nll.item(), tokens + batch.n_tgt_tokens
+    return total / max(tokens, 1)
+
+
+def validate(run, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+    """Loss, perplexity, BLEU and chrF on the run's validation set (beam search when decode.beam > 1)."""
+    was_training = model.training
+    model.eval()
+    try:
+        loss = validation_loss(model, run, device)
+        translator = Translator(model, run.tokenizers, run.config, device)
+        hyps = translator.translate_text(run.valid_src)
+        scores = corpus_scores(hyps, [run.valid_ref], ("bleu", "chrf"))
+    finally:
+        model.train(was_training)
+    return {
+        "loss": loss,
+        "ppl": math.exp(min(loss, 50.0)),
+        "bleu": scores["bleu"].score,
+        "chrf": scores["chrf"].score,
+    }

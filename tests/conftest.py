@@ -1,0 +1,36 @@
+"""Shared fixtures: small generated files in temporary folders, never data from ../shared."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests use two threads like the target machine and stay quiet.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, timeout: int = 600):
+    """Run `attnkit ARGS` in a fresh interpreter, as a user would; return the CompletedProcess."""
+    return subprocess.run(
+        [sys.executable, "-m", "attnkit.cli", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,138 @@
+"""Training pieces: schedule, loss, atomic checkpoints, and resume-after-kill (slow, end to end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from attnkit.training.checkpoint import find_checkpoint, load_weights, save_checkpoint
+from attnkit.training.loss import smoothed_nll
+from attnkit.training.schedule import learning_rate
+
+
+def test_warmup_then_inverse_sqrt():
+    kw = dict(lr=1.0, warmup=100, schedule="inverse_sqrt", max_steps=1000)
+    assert learning_rate(1, **kw) == pytest.approx(0.01)
+    assert learning_rate(100, **kw) == pytest.approx(1.0)
+    assert learning_rate(400, **kw) == pytest.approx(0.5)  # sqrt(100 / 400)
+
+
+def test_cosine_reaches_zero_at_max_steps():
+    kw = dict(lr=2.0, warmup=10, schedule="cosine", max_steps=110)
+    assert learning_rate(10, **kw) == pytest.approx(2.0)
+    assert learning_rate(60, **kw) == pytest.approx(1.0)
+    assert learning_rate(110, **kw) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_loss_matches_pytorch_and_ignores_padding(smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    target = torch.randint(4, 11, (3, 5))
+    target[0, 3:] = 0  # padding
+    loss, nll = smoothed_nll(logits, target, smoothing=smoothing)
+    keep = target.reshape(-1) != 0
+    flat = logits.reshape(-1, 11)[keep]
+    expected = F.cross_entropy(flat, target.reshape(-1)[keep], label_smoothing=smoothing,
+                               reduction="sum")
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert nll.item() == pytest.approx(F.cross_entropy(flat, target.reshape(-1)[keep],
+                                                       reduction="sum").item(), rel=1e-5)
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(7, 4)
+        self.out = nn.Linear(4, 7, bias=False)
+        self.out.weight = self.embed.weight
+
+
+def test_checkpoint_round_trip_with_tied_weights(tmp_path):
+    model, other = Tied(), Tied()
+    save_checkpoint(tmp_path / "last", model, info={"step": 3}, train_state={"x": torch.ones(2)})
+    load_weights(tmp_path / "last", other)
+    assert torch.equal(model.embed.weight, other.embed.weight)
+    assert other.out.weight is other.embed.weight
+
+
+def test_interrupted_swap_leaves_a_complete_checkpoint(tmp_path):
+    model = Tied()
+    save_checkpoint(tmp_path / "last", model, info={"step": 1})
+    # Simulate a kill between the two renames: only last.old (complete) and last.new remain.
+    (tmp_path / "last").rename(tmp_path / "last.old")
+    (tmp_path / "last.new").mkdir()
+    found = find_checkpoint(tmp_path / "last")
+    assert found == tmp_path / "last.old"
+    save_checkpoint(tmp_path / "last", model, info={"step": 2})
+    assert find_checkpoint(tmp_path / "last") == tmp_path / "last"
+    assert not (tmp_path / "last.old").exists() and not (tmp_path / "last.new").exists()
+
+
+def test_incompatible_checkpoint_is_a_user_error(tmp_path):
+    from attnkit.errors import UserError
+
+    save_checkpoint(tmp_path / "ck", nn.Linear(3, 4), info={})
+    with pytest.raises(UserError, match="incompatible checkpoint"):
+        load_weights(tmp_path / "ck", nn.Linear(5, 4))
+
+
+def _write_corpus(folder):
+    from attnkit.data.synthetic import write_corpus
+
+    return write_corpus(folder, size=400, seed=3, valid=20, test=20)
+
+
+def _train_args(files, run_dir, *extra):
+    return [sys.executable, "-m", "attnkit.cli", "train", "configs/demo.yaml",
+            f"run.dir={run_dir}", f"data.train_src={files['train.en']}",
+            f"data.train_tgt={files['train.fr']}", "data.vocab_size=200",
+            "model.d_model=32", "model.d_ff=64", "model.encoder_layers=1",
+            "model.decoder_layers=1", "train.max_tokens=512", "train.max_steps=30",
+            "train.max_minutes=null", "train.valid_every=10", "train.log_every=1",
+            "train.warmup=5", "train.progress=false", *extra]
+
+
+def _losses(run_dir):
+    events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {e["step"]: e["loss"] for e in events if e["event"] == "train"}
+
+
+@pytest.mark.slow
+def test_resume_after_kill_follows_the_uninterrupted_run(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = _write_corpus(tmp_path / "data")
+    whole = subprocess.run(_train_args(files, tmp_path / "whole"), cwd=root, capture_output=True,
+                           text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+
+    killed_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_train_args(files, killed_dir), cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # kill it somewhere after the step-10 checkpoint
+        metrics = killed_dir / "metrics.jsonl"
+        if metrics.is_file() and max(_losses(killed_dir), default=0) >= 15:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert max(_losses(killed_dir)) < 30, "the run finished before it could be killed"
+
+    resumed = subprocess.run(_train_args(files, killed_dir), cwd=root, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stderr
+    expected, got = _losses(tmp_path / "whole"), _losses(killed_dir)
+    assert sorted(got) == sorted(expected) == list(range(1, 31))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
