@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent
+
 # Tests use two threads like the target machine and stay quiet.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -17,7 +19,7 @@ def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, timeo
     """Run `attnkit ARGS` in a fresh interpreter, as a user would; return the CompletedProcess."""
     return subprocess.run(
         [sys.executable, "-m", "attnkit.cli", *args],
-        cwd=cwd,
+        cwd=cwd or ROOT,
         input=stdin,
         capture_output=True,
         text=True,

@@ -58,7 +58,7 @@ def run_demo(*, out: Path, size: int = 20000, max_minutes: float = 3.0) -> float
     sentence = max(src[:50], key=len)
     best = translator.translate([sentence], beam=TEST_BEAM, need_attention=True)[0][0]
     src_pieces = [*translator.tokenizers.src.pieces(sentence), "</s>"]
-    tgt_pieces = [*translator.tokenizers.tgt.pieces(best.text), "</s>"]
+    tgt_pieces = [*translator.tokenizers.tgt.id_pieces(best.tokens), "</s>"]
     heatmap = plot_attention(best.attention, src_pieces, tgt_pieces, out / "attention.png",
                              title="Transformer cross-attention (last layer, mean over heads)")
     print(f"  {heatmap}")

@@ -71,6 +71,10 @@ class Tokenizer:
         """The pieces one text splits into, e.g. for attention heatmap labels."""
         return self._sp.encode(text, out_type=str)
 
+    def id_pieces(self, ids: Sequence[int]) -> list[str]:
+        """The pieces that token ids stand for, e.g. to label a decoded output."""
+        return [self._sp.id_to_piece(int(i)) for i in ids]
+
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 

@@ -135,7 +135,8 @@ class Translator:
             raise UserError(f"--nbest {nbest} needs a beam at least as large (beam is {beam})")
         out: list[list[Translation]] = [[] for _ in pieces]
         common = dict(max_len_a=d.max_len_a, max_len_b=d.max_len_b, min_len=d.min_len,
-                      no_repeat_ngram=d.no_repeat_ngram, need_attention=need_attention)
+                      no_repeat_ngram=d.no_repeat_ngram, need_attention=need_attention,
+                      length_penalty=d.length_penalty)
         budget = max_tokens or d.batch_tokens
         with torch.inference_mode():
             for indices, src, src_mask in encode_source_batches(pieces, max_tokens=budget):
@@ -143,8 +144,7 @@ class Translator:
                 if beam == 1:
                     found = [[h] for h in greedy_search(self.model, src, src_mask, **common)]
                 else:
-                    found = beam_search(self.model, src, src_mask, beam=beam, nbest=nbest,
-                                        length_penalty=d.length_penalty, **common)
+                    found = beam_search(self.model, src, src_mask, beam=beam, nbest=nbest, **common)
                 for index, hyps in zip(indices.tolist(), found, strict=True):
                     texts = self.tokenizers.tgt.decode([h.tokens for h in hyps])
                     out[index] = [Translation(text, h.score, h.tokens, h.attention)

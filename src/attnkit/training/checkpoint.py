@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -73,7 +73,7 @@ def load_weights(directory: Path, model: nn.Module) -> None:
         raise UserError(f"checkpoint not found: {path}")
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
-    except (SafetensorsError, RuntimeError, OSError) as error:
+    except (SafetensorError, RuntimeError, OSError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"{path}: incompatible checkpoint ({first_line})") from None
     if missing or unexpected:

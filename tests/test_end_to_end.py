@@ -1,0 +1,96 @@
+"""End to end through the command line in a temporary folder: synth, train, translate, evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("e2e")
+    result = run_cli("data", "synth", "--out", str(root / "data"), "--size", "600")
+    assert result.returncode == 0, result.stderr
+    d = root / "data"
+    result = run_cli(
+        "train", "configs/demo.yaml", f"run.dir={root / 'run'}",
+        f"data.train_src={d / 'train.en'}", f"data.train_tgt={d / 'train.fr'}",
+        f"data.valid_src={d / 'valid.en'}", f"data.valid_tgt={d / 'valid.fr'}",
+        "data.vocab_size=300", "model.d_model=32", "model.d_ff=64", "train.max_steps=12",
+        "train.valid_every=6", "train.max_minutes=null", "train.warmup=4", "train.progress=false",
+        "train.max_tokens=1024", "decode.beam=2",
+    )
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+@pytest.mark.slow
+def test_run_directory_is_complete(trained_run):
+    run = trained_run / "run"
+    assert (run / "config.yaml").is_file()
+    assert any((run / "tokenizer").glob("*.model"))
+    for name in ("last", "best"):
+        assert (run / "checkpoints" / name / "model.safetensors").is_file()
+    assert (run / "checkpoints" / "last" / "train_state.pt").is_file()
+    events = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    valid = [e for e in events if e["event"] == "valid"]
+    assert [e["step"] for e in valid] == [6, 12]
+    assert {"loss", "ppl", "bleu", "chrf"} <= set(valid[0])
+    assert any((run / "tensorboard").iterdir())
+
+
+@pytest.mark.slow
+def test_translate_stdin_keeps_order_and_empty_lines(trained_run, cli):
+    text = "The cat is small.\n\nThe women see the dogs.\n"
+    result = cli("translate", str(trained_run / "run"), "--beam", "2", stdin=text)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""
+
+
+@pytest.mark.slow
+def test_translate_files_and_nbest(trained_run, cli):
+    src = trained_run / "data" / "test.en"
+    out = trained_run / "hyp.fr"
+    result = cli("translate", str(trained_run / "run"), "-i", str(src), "-o", str(out),
+                 "--beam", "3", "--nbest", "2")
+    assert result.returncode == 0, result.stderr
+    rows = out.read_text(encoding="utf-8").splitlines()
+    assert len(rows) == 2 * 500
+    rank, score, _ = rows[1].split("\t")
+    assert rank == "1" and float(score) <= 0.0
+    assert not (trained_run / "hyp.fr.tmp").exists()
+
+
+@pytest.mark.slow
+def test_translate_too_long_input_is_an_error_or_split(trained_run, cli):
+    long_line = " ".join(["the small cat"] * 80) + "\n"
+    result = cli("translate", str(trained_run / "run"), "--beam", "1", stdin=long_line)
+    assert result.returncode == 1
+    assert "over the model's limit" in result.stderr and "Traceback" not in result.stderr
+    result = cli("translate", str(trained_run / "run"), "--beam", "1", "--too-long", "split",
+                 stdin=long_line)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_evaluate_prints_signatures(trained_run, cli):
+    d = trained_run / "data"
+    result = cli("evaluate", str(trained_run / "run"), "--src", str(d / "test.en"),
+                 "--ref", str(d / "test.fr"), "--beam", "1")
+    assert result.returncode == 0, result.stderr
+    assert "BLEU" in result.stdout and "nrefs:1" in result.stdout and "CHRF" in result.stdout
+
+
+@pytest.mark.slow
+def test_incompatible_config_on_resume(trained_run, cli):
+    d = trained_run / "data"
+    result = cli("train", "configs/demo.yaml", f"run.dir={trained_run / 'run'}",
+                 f"data.train_src={d / 'train.en'}", f"data.train_tgt={d / 'train.fr'}",
+                 "data.vocab_size=300", "model.d_model=64")
+    assert result.returncode == 1
+    assert "different 'data' config" in result.stderr or "different 'model'" in result.stderr
