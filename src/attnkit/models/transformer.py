@@ -1,0 +1,429 @@
+"""The encoder-decoder Transformer (Vaswani et al. 2017), in the paper's order.
+
+Embeddings and positions (§3.4, §3.5), feed-forward (§3.3), encoder layer, encoder, decoder
+layer, decoder (§3.1), the whole model. Attention (§3.2) lives in `attention.py`.
+
+Two departures from the paper, both common practice: LayerNorm comes before each sublayer by
+default (`norm="pre"`, Xiong et al. 2020), with a final LayerNorm on the encoder and decoder
+outputs, because it trains stably without a long warm-up; `norm="post"` is the paper's
+arrangement. Learned positions are an option beside the paper's sinusoids.
+
+Masks: `src_mask` (B, S) is True on real tokens. The target needs no padding mask: padding is on
+the right, so under the causal mask no real position ever attends to it, and the loss ignores
+the padded positions themselves.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnkit.models.attention import KVCache, MultiHeadAttention, key_padding_mask
+from attnkit.models.protocol import Memory, Step
+
+NORMS = ("pre", "post")
+POSITIONS = ("sinusoidal", "learned")
+
+
+@dataclass(frozen=True)
+class TransformerSize:
+    """The width, depth and dropout of a Transformer."""
+
+    d_model: int
+    n_heads: int
+    d_ff: int
+    encoder_layers: int
+    decoder_layers: int
+    dropout: float
+
+
+TRANSFORMER_PRESETS: dict[str, TransformerSize] = {
+    "tiny": TransformerSize(64, 4, 256, 2, 2, 0.1),
+    "small": TransformerSize(256, 4, 1024, 3, 3, 0.1),  # 7,578,624 parameters: 8k joint vocab, tied
+    "base": TransformerSize(512, 8, 2048, 6, 6, 0.1),  # the paper's base model
+    "big": TransformerSize(1024, 16, 4096, 6, 6, 0.3),  # the paper's big model
+}
+
+
+def sinusoids(length: int, d_model: int) -> Tensor:
+    """The sinusoidal position encodings (length, D) of §3.5: sin on even, cos on odd features."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]  # (length, 1)
+    frequency = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(length, d_model)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: d_model // 2])
+    return table
+
+
+class SinusoidalPositions(nn.Module):
+    """Fixed sinusoidal position encodings (§3.5); the table grows when a sequence outgrows it."""
+
+    def __init__(self, *, d_model: int, max_positions: int):
+        super().__init__()
+        self.d_model = d_model
+        # Not persistent: the table is a function of its shape, so checkpoints need not hold it.
+        self.register_buffer("table", sinusoids(max_positions, d_model), persistent=False)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """The encodings (T, D) of positions offset .. offset+length-1."""
+        end = offset + length
+        if end > self.table.size(0):
+            self.table = sinusoids(max(end, 2 * self.table.size(0)), self.d_model).to(self.table)
+        return self.table[offset:end]
+
+
+class LearnedPositions(nn.Module):
+    """Learned position embeddings, the alternative §3.5 reports as nearly identical."""
+
+    def __init__(self, *, d_model: int, max_positions: int):
+        super().__init__()
+        self.table = nn.Embedding(max_positions, d_model)
+
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """The embeddings (T, D) of positions offset .. offset+length-1."""
+        end = offset + length
+        if end > self.table.num_embeddings:
+            raise ValueError(
+                f"position {end - 1} is beyond max_positions={self.table.num_embeddings} "
+                "of the learned position embeddings"
+            )
+        return self.table.weight[offset:end]
+
+
+class FeedForward(nn.Module):
+    """The position-wise feed-forward network max(0, x W1 + b1) W2 + b2 (§3.3)."""
+
+    def __init__(self, *, d_model: int, d_ff: int):
+        super().__init__()
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, D)."""
+        return self.linear2(F.relu(self.linear1(x)))
+
+
+class Residual(nn.Module):
+    """The residual connection, dropout and LayerNorm around one sublayer (§5.4, §3.1).
+
+    Post-norm (the paper) computes LayerNorm(x + Dropout(sublayer(x))); pre-norm computes
+    x + Dropout(sublayer(LayerNorm(x))). A layer calls `before(x)` for the sublayer's input and
+    `after(x, output)` for the result.
+    """
+
+    def __init__(self, *, d_model: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.pre_norm = pre_norm
+        self.norm = nn.LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def before(self, x: Tensor) -> Tensor:
+        """The sublayer's input."""
+        return self.norm(x) if self.pre_norm else x
+
+    def after(self, x: Tensor, output: Tensor) -> Tensor:
+        """The layer's stream after adding the sublayer's `output`."""
+        x = x + self.dropout(output)
+        return x if self.pre_norm else self.norm(x)
+
+
+class EncoderLayer(nn.Module):
+    """Self-attention, then feed-forward, each in a residual block (§3.1)."""
+
+    def __init__(self, *, d_model: int, n_heads: int, d_ff: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.self_attention = MultiHeadAttention(d_model=d_model, n_heads=n_heads)
+        self.self_attention_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
+        self.feed_forward = FeedForward(d_model=d_model, d_ff=d_ff)
+        self.feed_forward_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, S, D), mask (B, 1, 1, S) True = attend -> (B, S, D)."""
+        h = self.self_attention(self.self_attention_block.before(x), mask=mask).context
+        x = self.self_attention_block.after(x, h)
+        h = self.feed_forward(self.feed_forward_block.before(x))
+        return self.feed_forward_block.after(x, h)
+
+
+class Encoder(nn.Module):
+    """A stack of encoder layers, with a final LayerNorm when pre-norm (§3.1)."""
+
+    def __init__(
+        self, *, d_model: int, n_heads: int, d_ff: int, layers: int, dropout: float, pre_norm: bool
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(
+                d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout, pre_norm=pre_norm
+            )
+            for _ in range(layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Embedded source x (B, S, D), mask (B, 1, 1, S) -> encoder states (B, S, D)."""
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.final_norm(x)
+
+
+class DecoderLayer(nn.Module):
+    """Masked self-attention, cross-attention to the encoder, feed-forward (§3.1)."""
+
+    def __init__(self, *, d_model: int, n_heads: int, d_ff: int, dropout: float, pre_norm: bool):
+        super().__init__()
+        self.self_attention = MultiHeadAttention(d_model=d_model, n_heads=n_heads)
+        self.self_attention_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
+        self.cross_attention = MultiHeadAttention(d_model=d_model, n_heads=n_heads)
+        self.cross_attention_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
+        self.feed_forward = FeedForward(d_model=d_model, d_ff=d_ff)
+        self.feed_forward_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
+
+    def forward(
+        self, x: Tensor, memory: Tensor, memory_mask: Tensor, *, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Every target position at once: x (B, T, D), memory (B, S, D), mask (B, 1, 1, S).
+
+        Returns the new x (B, T, D) and, when asked, the cross-attention weights (B, H, T, S).
+        """
+        h = self.self_attention(self.self_attention_block.before(x), causal=True).context
+        x = self.self_attention_block.after(x, h)
+        attended = self.cross_attention(
+            self.cross_attention_block.before(x),
+            memory,
+            mask=memory_mask,
+            need_weights=need_weights,
+        )
+        x = self.cross_attention_block.after(x, attended.context)
+        x = self.feed_forward_block.after(x, self.feed_forward(self.feed_forward_block.before(x)))
+        return x, attended.weights
+
+    def step(
+        self,
+        x: Tensor,
+        self_cache: KVCache,
+        memory_cache: KVCache,
+        memory_mask: Tensor,
+        *,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, KVCache, Tensor | None]:
+        """One new position x (B, 1, D) after those in `self_cache`.
+
+        Returns the new x (B, 1, D), the extended cache and, when asked, the cross-attention
+        weights (B, H, 1, S).
+        """
+        attended, self_cache = self.self_attention.extend(
+            self.self_attention_block.before(x), self_cache
+        )
+        x = self.self_attention_block.after(x, attended.context)
+        attended = self.cross_attention.attend_cache(
+            self.cross_attention_block.before(x),
+            memory_cache,
+            mask=memory_mask,
+            need_weights=need_weights,
+        )
+        x = self.cross_attention_block.after(x, attended.context)
+        x = self.feed_forward_block.after(x, self.feed_forward(self.feed_forward_block.before(x)))
+        return x, self_cache, attended.weights
+
+
+@dataclass(frozen=True)
+class TransformerState:
+    """The decoder's state between steps: per-layer key/value caches and the next position."""
+
+    self_attention: tuple[KVCache, ...]  # per layer: the target positions so far
+    cross_attention: tuple[KVCache, ...]  # per layer: the memory, projected once
+    position: int
+
+    def reorder(self, indices: Tensor) -> TransformerState:
+        """The state of batch rows `indices` (B',), in that order."""
+        return TransformerState(
+            tuple(cache.reorder(indices) for cache in self.self_attention),
+            tuple(cache.reorder(indices) for cache in self.cross_attention),
+            self.position,
+        )
+
+
+class Decoder(nn.Module):
+    """A stack of decoder layers, with a final LayerNorm when pre-norm (§3.1)."""
+
+    def __init__(
+        self, *, d_model: int, n_heads: int, d_ff: int, layers: int, dropout: float, pre_norm: bool
+    ):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DecoderLayer(
+                d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout, pre_norm=pre_norm
+            )
+            for _ in range(layers)
+        )
+        self.final_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
+
+    def forward(
+        self, x: Tensor, memory: Tensor, memory_mask: Tensor, *, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Embedded target x (B, T, D) -> hidden states (B, T, D).
+
+        With `need_weights`, also the cross-attention of every layer (L, B, H, T, S).
+        """
+        weights = []
+        for layer in self.layers:
+            x, layer_weights = layer(x, memory, memory_mask, need_weights=need_weights)
+            weights.append(layer_weights)
+        return self.final_norm(x), torch.stack(weights) if need_weights else None
+
+    def step(
+        self, x: Tensor, state: TransformerState, memory_mask: Tensor, *, need_weights: bool
+    ) -> tuple[Tensor, TransformerState, Tensor | None]:
+        """Decode one new position x (B, 1, D), reading and extending the caches in `state`.
+
+        Returns the hidden state (B, 1, D), the next state and, when asked, the last layer's
+        cross-attention (B, H, 1, S).
+        """
+        self_caches, weights = [], None
+        last = len(self.layers) - 1
+        for i, (layer, self_cache, memory_cache) in enumerate(
+            zip(self.layers, state.self_attention, state.cross_attention, strict=True)
+        ):
+            x, self_cache, weights = layer.step(
+                x, self_cache, memory_cache, memory_mask, need_weights=need_weights and i == last
+            )
+            self_caches.append(self_cache)
+        state = TransformerState(tuple(self_caches), state.cross_attention, state.position + 1)
+        return self.final_norm(x), state, weights
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder Transformer (Vaswani et al. 2017), implementing the Seq2Seq protocol.
+
+    Tying (§3.4): with `tie_embeddings` and one joint vocabulary (`src_vocab == tgt_vocab`),
+    one embedding matrix serves the source, the target and the output projection. With two
+    vocabularies only the target embedding and the output projection share it; the source keeps
+    its own. The output projection has no bias, so tied or not, logits = h E^T.
+    """
+
+    def __init__(
+        self,
+        *,
+        src_vocab: int,
+        tgt_vocab: int,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        encoder_layers: int,
+        decoder_layers: int,
+        dropout: float = 0.1,
+        norm: str = "pre",
+        positions: str = "sinusoidal",
+        tie_embeddings: bool = True,
+        max_positions: int = 1024,
+        pad_id: int = 0,
+    ):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+        if positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+        self.d_model = d_model
+        self.embedding_scale = math.sqrt(d_model)
+        self.target_embedding = nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
+        self.output_projection = nn.Linear(d_model, tgt_vocab, bias=False)
+        if tie_embeddings and src_vocab == tgt_vocab:
+            self.source_embedding = self.target_embedding
+        else:
+            self.source_embedding = nn.Embedding(src_vocab, d_model, padding_idx=pad_id)
+        position_class = SinusoidalPositions if positions == "sinusoidal" else LearnedPositions
+        self.source_positions = position_class(d_model=d_model, max_positions=max_positions)
+        self.target_positions = position_class(d_model=d_model, max_positions=max_positions)
+        self.embedding_dropout = nn.Dropout(dropout)
+        stack = dict(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout)
+        self.encoder = Encoder(layers=encoder_layers, pre_norm=norm == "pre", **stack)
+        self.decoder = Decoder(layers=decoder_layers, pre_norm=norm == "pre", **stack)
+        self._init_weights()
+        if tie_embeddings:
+            self.output_projection.weight = self.target_embedding.weight
+
+    def _init_weights(self) -> None:
+        """Xavier-uniform linear layers; embeddings N(0, 1/D), unit variance after the sqrt(D)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=self.d_model**-0.5)
+                if module.padding_idx is not None:
+                    nn.init.zeros_(module.weight[module.padding_idx])
+
+    def _embed(
+        self, tokens: Tensor, embedding: nn.Embedding, positions: nn.Module, offset: int = 0
+    ) -> Tensor:
+        """Tokens (B, T) -> scaled embeddings plus positions, with dropout (B, T, D)."""
+        x = embedding(tokens) * self.embedding_scale + positions(tokens.size(1), offset)
+        return self.embedding_dropout(x)
+
+    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T)."""
+        return self.output_projection(self.decode(self.encode(src, src_mask), tgt_in))
+
+    def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
+        """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D) with the mask."""
+        x = self._embed(src, self.source_embedding, self.source_positions)
+        return Memory(self.encoder(x, key_padding_mask(src_mask)), src_mask)
+
+    def decode(self, memory: Memory, tgt_in: Tensor) -> Tensor:
+        """Decoder hidden states (B, T, D) for `tgt_in` (B, T); logits are their projection."""
+        x = self._embed(tgt_in, self.target_embedding, self.target_positions)
+        hidden, _ = self.decoder(x, memory.states, key_padding_mask(memory.mask))
+        return hidden
+
+    def cross_attention(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher-forced cross-attention of every layer and head (L, B, H, T, S), for heatmaps."""
+        memory = self.encode(src, src_mask)
+        x = self._embed(tgt_in, self.target_embedding, self.target_positions)
+        _, weights = self.decoder(
+            x, memory.states, key_padding_mask(memory.mask), need_weights=True
+        )
+        return weights
+
+    def init_state(self, memory: Memory) -> TransformerState:
+        """Empty self-attention caches, and the memory projected once for cross-attention."""
+        batch_size, device = memory.states.size(0), memory.states.device
+        layers = self.decoder.layers
+        return TransformerState(
+            self_attention=tuple(
+                layer.self_attention.empty_cache(batch_size, device) for layer in layers
+            ),
+            cross_attention=tuple(
+                layer.cross_attention.cache_memory(memory.states) for layer in layers
+            ),
+            position=0,
+        )
+
+    def decode_step(
+        self,
+        memory: Memory,
+        state: TransformerState,
+        prev_tokens: Tensor,
+        *,
+        need_attention: bool = False,
+    ) -> Step:
+        """Advance every row by `prev_tokens` (B,), attending to the cache: O(1) positions.
+
+        The attention, when asked, is the last layer's cross-attention averaged over heads (B, S).
+        """
+        x = self._embed(
+            prev_tokens[:, None], self.target_embedding, self.target_positions, state.position
+        )  # (B, 1, D)
+        hidden, state, weights = self.decoder.step(
+            x, state, key_padding_mask(memory.mask), need_weights=need_attention
+        )
+        logits = self.output_projection(hidden[:, 0])  # (B, V)
+        attention = weights.mean(dim=1)[:, 0] if weights is not None else None  # (B, S)
+        return Step(F.log_softmax(logits.float(), dim=-1), state, attention)

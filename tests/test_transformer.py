@@ -1,0 +1,279 @@
+"""The Transformer: causality, padding, tying, cached decoding, learning, size."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attnkit.models.protocol import padding_mask
+from attnkit.models.transformer import TRANSFORMER_PRESETS, Transformer
+
+V = 23
+PAD = 0
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose much when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> Transformer:
+    """A two-layer model of width 32, in eval mode so that dropout is off."""
+    torch.manual_seed(0)
+    options = dict(
+        src_vocab=V,
+        tgt_vocab=V,
+        d_model=32,
+        n_heads=4,
+        d_ff=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        dropout=0.1,
+    )
+    return Transformer(**(options | overrides)).eval()
+
+
+def tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
+    """Random real tokens (never padding), (B, length)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(4, V, (batch, length), generator=generator)
+
+
+def pad_to(row: torch.Tensor, length: int) -> torch.Tensor:
+    """Right-pad a 1-D token row to `length`."""
+    return F.pad(row, (0, length - row.numel()), value=PAD)
+
+
+MODELS = [
+    pytest.param(dict(norm="pre", positions="sinusoidal"), id="pre-sinusoidal"),
+    pytest.param(dict(norm="post", positions="sinusoidal"), id="post-sinusoidal"),
+    pytest.param(dict(norm="pre", positions="learned"), id="pre-learned"),
+    pytest.param(dict(norm="post", positions="learned"), id="post-learned"),
+]
+
+
+@pytest.mark.parametrize("options", MODELS)
+def test_later_target_tokens_never_change_earlier_logits(options):
+    model = tiny(**options)
+    src, tgt = tokens(2, 6), tokens(2, 8, seed=1)
+    changed = tgt.clone()
+    changed[:, 5:] = tokens(2, 3, seed=2)
+    logits = model(src, padding_mask(src), tgt)
+    logits_changed = model(src, padding_mask(src), changed)
+    torch.testing.assert_close(logits[:, :5], logits_changed[:, :5], atol=1e-5, rtol=0)
+    assert not torch.allclose(logits[:, 5:], logits_changed[:, 5:])
+
+
+@pytest.mark.parametrize("options", MODELS[:2])
+def test_padding_never_changes_real_positions(options):
+    model = tiny(**options)
+    src, tgt = tokens(2, 5), tokens(2, 6, seed=1)
+    logits = model(src, padding_mask(src), tgt)
+    src_padded, tgt_padded = F.pad(src, (0, 4), value=PAD), F.pad(tgt, (0, 3), value=PAD)
+    logits_padded = model(src_padded, padding_mask(src_padded), tgt_padded)
+    torch.testing.assert_close(logits_padded[:, :6], logits, atol=1e-5, rtol=0)
+
+
+def test_batched_equals_unbatched():
+    model = tiny()
+    sources = [tokens(1, n, seed=n)[0] for n in (7, 3, 5)]
+    targets = [tokens(1, n, seed=10 + n)[0] for n in (4, 8, 2)]
+    src = torch.stack([pad_to(s, 7) for s in sources])
+    tgt = torch.stack([pad_to(t, 8) for t in targets])
+    batched = model(src, padding_mask(src), tgt)
+    for i, (s, t) in enumerate(zip(sources, targets, strict=True)):
+        alone = model(s[None], padding_mask(s[None]), t[None])[0]
+        torch.testing.assert_close(batched[i, : t.numel()], alone, atol=1e-5, rtol=0)
+
+
+def test_joint_vocabulary_ties_one_embedding_three_ways():
+    model = tiny(tie_embeddings=True)
+    assert model.source_embedding is model.target_embedding
+    assert model.output_projection.weight is model.target_embedding.weight
+    assert model.source_embedding.weight.data_ptr() == model.output_projection.weight.data_ptr()
+
+
+def test_separate_vocabularies_tie_only_target_and_output():
+    model = tiny(src_vocab=31, tie_embeddings=True)
+    assert model.output_projection.weight is model.target_embedding.weight
+    assert model.source_embedding is not model.target_embedding
+    assert model.source_embedding.num_embeddings == 31
+
+
+def test_untied_embeddings_are_three_tensors():
+    model = tiny(tie_embeddings=False)
+    pointers = {
+        model.source_embedding.weight.data_ptr(),
+        model.target_embedding.weight.data_ptr(),
+        model.output_projection.weight.data_ptr(),
+    }
+    assert len(pointers) == 3
+
+
+def decode_token_by_token(model, src, tgt, *, need_attention=False):
+    """Log-probs (B, T, V) and last-layer attention from decode_step over the prefix `tgt`."""
+    memory = model.encode(src, padding_mask(src))
+    state = model.init_state(memory)
+    log_probs, attention = [], []
+    for t in range(tgt.size(1)):
+        step = model.decode_step(memory, state, tgt[:, t], need_attention=need_attention)
+        log_probs.append(step.log_probs)
+        attention.append(step.attention)
+        state = step.state
+    return torch.stack(log_probs, 1), attention, state
+
+
+@pytest.mark.parametrize("options", MODELS)
+def test_cached_decoding_equals_teacher_forcing(options):
+    model = tiny(**options)
+    src = torch.stack([tokens(1, 6)[0], pad_to(tokens(1, 4, seed=3)[0], 6)])
+    tgt = tokens(2, 20, seed=1)  # past the cache's first capacity, so it grows
+    expected = F.log_softmax(model(src, padding_mask(src), tgt), dim=-1)
+    with torch.no_grad():
+        log_probs, _, _ = decode_token_by_token(model, src, tgt)
+    assert log_probs.dtype == torch.float32
+    torch.testing.assert_close(log_probs, expected, atol=1e-5, rtol=0)
+
+
+def test_decode_step_attention_is_last_layer_averaged_over_heads():
+    model = tiny()
+    src = torch.stack([tokens(1, 5)[0], pad_to(tokens(1, 3, seed=3)[0], 5)])
+    tgt = tokens(2, 4, seed=1)
+    with torch.no_grad():
+        _, attention, _ = decode_token_by_token(model, src, tgt, need_attention=True)
+        expected = model.cross_attention(src, padding_mask(src), tgt)[-1].mean(1)  # (B, T, S)
+    torch.testing.assert_close(torch.stack(attention, 1), expected, atol=1e-5, rtol=0)
+    memory = model.encode(src, padding_mask(src))
+    assert model.decode_step(memory, model.init_state(memory), tgt[:, 0]).attention is None
+
+
+def test_reordered_state_decodes_like_those_rows():
+    model = tiny()
+    src, tgt = tokens(3, 5), tokens(3, 6, seed=1)
+    indices = torch.tensor([2, 0, 2, 1])
+    with torch.no_grad():
+        memory = model.encode(src, padding_mask(src))
+        state = model.init_state(memory)
+        for t in range(3):
+            state = model.decode_step(memory, state, tgt[:, t]).state
+        memory, state = memory.reorder(indices), state.reorder(indices)
+        reordered = []
+        for t in range(3, 6):
+            step = model.decode_step(memory, state, tgt[indices, t])
+            reordered.append(step.log_probs)
+            state = step.state
+        expected, _, _ = decode_token_by_token(model, src[indices], tgt[indices])
+    torch.testing.assert_close(torch.stack(reordered, 1), expected[:, 3:], atol=1e-5, rtol=0)
+
+
+def test_one_state_continued_two_ways_gives_both_results():
+    """Decoding from one state twice (two searches' branches) must not mix the two."""
+    model = tiny()
+    src, tgt = tokens(1, 5), tokens(1, 4, seed=1)
+    with torch.no_grad():
+        memory = model.encode(src, padding_mask(src))
+        state = model.decode_step(memory, model.init_state(memory), tgt[:, 0]).state
+        first = model.decode_step(memory, state, tgt[:, 1]).state
+        model.decode_step(memory, state, tgt[:, 2])  # a second continuation of `state`
+        after_first = model.decode_step(memory, first, tgt[:, 2]).log_probs
+        expected, _, _ = decode_token_by_token(model, src, tgt[:, :3])
+    torch.testing.assert_close(after_first, expected[:, 2], atol=1e-5, rtol=0)
+
+
+def test_cross_attention_of_every_layer_and_head():
+    model = tiny()
+    src = torch.stack([tokens(1, 6)[0], pad_to(tokens(1, 2, seed=3)[0], 6)])
+    tgt = tokens(2, 4, seed=1)
+    with torch.no_grad():
+        weights = model.cross_attention(src, padding_mask(src), tgt)
+    assert weights.shape == (2, 2, 4, 4, 6)  # (L, B, H, T, S)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 2, 4, 4))
+    assert torch.all(weights[:, 1, :, :, 2:] == 0)
+
+
+def test_sinusoidal_positions_extend_beyond_max_positions():
+    model = tiny(max_positions=8)
+    src, tgt = tokens(1, 12), tokens(1, 10, seed=1)
+    assert model(src, padding_mask(src), tgt).shape == (1, 10, V)
+
+
+def test_learned_positions_beyond_max_positions_raise_a_clear_error():
+    model = tiny(positions="learned", max_positions=8)
+    src = tokens(1, 12)
+    with pytest.raises(ValueError, match="max_positions"):
+        model.encode(src, padding_mask(src))
+
+
+def test_sinusoidal_table_is_not_saved():
+    assert not any("positions" in key for key in tiny().state_dict())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(n_heads=5), "divisible"),
+        (dict(norm="sandwich"), "norm"),
+        (dict(positions="rotary"), "positions"),
+    ],
+)
+def test_invalid_arguments_raise_value_error(options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**options)
+
+
+def test_small_preset_has_about_seven_and_a_half_million_parameters():
+    size = TRANSFORMER_PRESETS["small"]
+    model = Transformer(
+        src_vocab=8000,
+        tgt_vocab=8000,
+        d_model=size.d_model,
+        n_heads=size.n_heads,
+        d_ff=size.d_ff,
+        encoder_layers=size.encoder_layers,
+        decoder_layers=size.decoder_layers,
+        dropout=size.dropout,
+    )
+    count = sum(p.numel() for p in model.parameters())
+    assert count == 7_578_624
+    assert 7_000_000 <= count <= 8_000_000
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_a_few_batches():
+    torch.manual_seed(0)
+    model = Transformer(
+        src_vocab=V,
+        tgt_vocab=V,
+        d_model=32,
+        n_heads=4,
+        d_ff=64,
+        encoder_layers=1,
+        decoder_layers=1,
+        dropout=0.0,
+    )
+    batches = []
+    for seed in range(3):
+        src = tokens(8, 7, seed=seed)
+        src[::2, 5:] = PAD
+        tgt = torch.cat([torch.full((8, 1), 2), tokens(8, 6, seed=10 + seed)], dim=1)  # BOS first
+        batches.append((src, tgt[:, :-1], tgt[:, 1:]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(150):
+        src, tgt_in, tgt_out = batches[step % len(batches)]
+        logits = model(src, padding_mask(src), tgt_in)
+        loss = F.cross_entropy(logits.reshape(-1, V), tgt_out.reshape(-1), ignore_index=PAD)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        losses = [
+            F.cross_entropy(
+                model(s, padding_mask(s), i).reshape(-1, V), o.reshape(-1), ignore_index=PAD
+            )
+            for s, i, o in batches
+        ]
+    assert max(losses) < 0.1
