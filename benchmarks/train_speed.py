@@ -32,11 +32,14 @@ from attnkit.training.loss import smoothed_nll
 class TorchTransformer(nn.Module):
     """The reference: `torch.nn.Transformer` with tied embeddings and sinusoidal positions."""
 
-    def __init__(self, vocab: int, d_model: int = 256, heads: int = 4, layers: int = 3, d_ff: int = 1024):
+    def __init__(
+        self, vocab: int, d_model: int = 256, heads: int = 4, layers: int = 3, d_ff: int = 1024
+    ):
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model, padding_idx=PAD_ID)
-        self.core = nn.Transformer(d_model, heads, layers, layers, d_ff, dropout=0.1,
-                                   batch_first=True, norm_first=True)
+        self.core = nn.Transformer(
+            d_model, heads, layers, layers, d_ff, dropout=0.1, batch_first=True, norm_first=True
+        )
         self.out = nn.Linear(d_model, vocab, bias=False)
         self.out.weight = self.embed.weight
         position = torch.arange(512).unsqueeze(1)
@@ -51,8 +54,14 @@ class TorchTransformer(nn.Module):
             return self.embed(x) * self.scale + self.positions[: x.size(1)]
 
         causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.size(1))
-        hidden = self.core(embed(src), embed(tgt_in), tgt_mask=causal, tgt_is_causal=True,
-                           src_key_padding_mask=~src_mask, memory_key_padding_mask=~src_mask)
+        hidden = self.core(
+            embed(src),
+            embed(tgt_in),
+            tgt_mask=causal,
+            tgt_is_causal=True,
+            src_key_padding_mask=~src_mask,
+            memory_key_padding_mask=~src_mask,
+        )
         return self.out(hidden)
 
 
@@ -81,8 +90,12 @@ def time_training(model: nn.Module, batches, corpus, *, attnkit_loss: bool, warm
             loss, _ = smoothed_nll(logits, batch.tgt_out, smoothing=0.1)
             loss = loss / batch.n_tgt_tokens
         else:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), batch.tgt_out.reshape(-1),
-                                   ignore_index=PAD_ID, label_smoothing=0.1)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)),
+                batch.tgt_out.reshape(-1),
+                ignore_index=PAD_ID,
+                label_smoothing=0.1,
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -106,8 +119,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         toks = train_tokenizers(src, tgt, Path(tmp), vocab_size=8000, joint=True)
         corpus, _ = tokenize_corpus(src, tgt, toks.src, toks.tgt, max_len=256)
-    batches = make_batches(corpus.src_lengths(), corpus.tgt_lengths(), max_tokens=args.max_tokens,
-                           shuffle=True, seed=1)[: args.warmup + args.steps]
+    batches = make_batches(
+        corpus.src_lengths(), corpus.tgt_lengths(), max_tokens=args.max_tokens, shuffle=True, seed=1
+    )[: args.warmup + args.steps]
     vocab = toks.src.vocab_size
     ours = build_model(ModelConfig(preset="small"), src_vocab=vocab, tgt_vocab=vocab)
     reference = TorchTransformer(vocab)

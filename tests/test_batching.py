@@ -1,6 +1,5 @@
 """Length-bucketed batches: coverage, budget, determinism, masks and shifted targets."""
 
-
 import numpy as np
 import pytest
 import torch

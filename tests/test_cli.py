@@ -5,8 +5,17 @@ from __future__ import annotations
 import pytest
 from conftest import write
 
-SUBCOMMANDS = ["demo", "data", "train", "translate", "evaluate", "study", "attention", "serve",
-               "export"]
+SUBCOMMANDS = [
+    "demo",
+    "data",
+    "train",
+    "translate",
+    "evaluate",
+    "study",
+    "attention",
+    "serve",
+    "export",
+]
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
@@ -42,7 +51,11 @@ def test_data_synth_rejects_bad_size(cli, tmp_path):
 
 @pytest.mark.parametrize("name", ["study", "serve", "export"])
 def test_unfinished_commands_say_so(cli, tmp_path, name):
-    args = {"study": ["study"], "serve": ["serve", "r"], "export": ["export", "r", "--to", "hf", "o"]}
+    args = {
+        "study": ["study"],
+        "serve": ["serve", "r"],
+        "export": ["export", "r", "--to", "hf", "o"],
+    }
     assert_one_line_error(cli(*args[name]), "not implemented yet")
 
 
@@ -61,8 +74,10 @@ def test_unknown_override_key(cli, tmp_path):
 
 
 def _config(tmp_path, src, tgt, **extra) -> str:
-    lines = [f"run: {{dir: {tmp_path / 'run'}}}",
-             f"data: {{train_src: {src}, train_tgt: {tgt}, vocab_size: 60}}"]
+    lines = [
+        f"run: {{dir: {tmp_path / 'run'}}}",
+        f"data: {{train_src: {src}, train_tgt: {tgt}, vocab_size: 60}}",
+    ]
     return str(write(tmp_path / "c.yaml", "\n".join(lines) + "\n"))
 
 

@@ -39,7 +39,9 @@ def test_unknown_section(tmp_path):
 
 def test_wrong_type_names_key_and_file(tmp_path):
     path = write(tmp_path / "c.yaml", "train:\n  max_steps: many\n")
-    with pytest.raises(UserError, match=r"c\.yaml: key 'train\.max_steps': expected int, got 'many'"):
+    with pytest.raises(
+        UserError, match=r"c\.yaml: key 'train\.max_steps': expected int, got 'many'"
+    ):
         config_lib.load(path)
 
 
@@ -59,8 +61,15 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 def test_overrides_parse_yaml_scalars(tmp_path):
     path = write(tmp_path / "c.yaml", "run: {dir: a}\n")
-    cfg = config_lib.load(path, ["train.lr=3e-4", "run.dir=/tmp/x", "train.max_minutes=null",
-                                 "data.user_symbols=['#P1#:', '#P2#:']"])
+    cfg = config_lib.load(
+        path,
+        [
+            "train.lr=3e-4",
+            "run.dir=/tmp/x",
+            "train.max_minutes=null",
+            "data.user_symbols=['#P1#:', '#P2#:']",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.run.dir == "/tmp/x"
     assert cfg.train.max_minutes is None
@@ -83,7 +92,9 @@ def test_bad_overrides(override, message):
 
 
 def test_resolved_config_round_trips(tmp_path):
-    cfg = config_lib.apply_overrides(config_lib.Config(), ["train.lr=0.01", "data.joint_vocab=false"])
+    cfg = config_lib.apply_overrides(
+        config_lib.Config(), ["train.lr=0.01", "data.joint_vocab=false"]
+    )
     config_lib.save(cfg, tmp_path / "run" / "config.yaml")
     text = (tmp_path / "run" / "config.yaml").read_text()
     assert "label_smoothing" in text  # every default is written out

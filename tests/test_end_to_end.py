@@ -16,12 +16,23 @@ def trained_run(tmp_path_factory):
     assert result.returncode == 0, result.stderr
     d = root / "data"
     result = run_cli(
-        "train", "configs/demo.yaml", f"run.dir={root / 'run'}",
-        f"data.train_src={d / 'train.en'}", f"data.train_tgt={d / 'train.fr'}",
-        f"data.valid_src={d / 'valid.en'}", f"data.valid_tgt={d / 'valid.fr'}",
-        "data.vocab_size=300", "model.d_model=32", "model.d_ff=64", "train.max_steps=12",
-        "train.valid_every=6", "train.max_minutes=null", "train.warmup=4", "train.progress=false",
-        "train.max_tokens=1024", "decode.beam=2",
+        "train",
+        "configs/demo.yaml",
+        f"run.dir={root / 'run'}",
+        f"data.train_src={d / 'train.en'}",
+        f"data.train_tgt={d / 'train.fr'}",
+        f"data.valid_src={d / 'valid.en'}",
+        f"data.valid_tgt={d / 'valid.fr'}",
+        "data.vocab_size=300",
+        "model.d_model=32",
+        "model.d_ff=64",
+        "train.max_steps=12",
+        "train.valid_every=6",
+        "train.max_minutes=null",
+        "train.warmup=4",
+        "train.progress=false",
+        "train.max_tokens=1024",
+        "decode.beam=2",
     )
     assert result.returncode == 0, result.stderr
     return root
@@ -55,8 +66,18 @@ def test_translate_stdin_keeps_order_and_empty_lines(trained_run, cli):
 def test_translate_files_and_nbest(trained_run, cli):
     src = trained_run / "data" / "test.en"
     out = trained_run / "hyp.fr"
-    result = cli("translate", str(trained_run / "run"), "-i", str(src), "-o", str(out),
-                 "--beam", "3", "--nbest", "2")
+    result = cli(
+        "translate",
+        str(trained_run / "run"),
+        "-i",
+        str(src),
+        "-o",
+        str(out),
+        "--beam",
+        "3",
+        "--nbest",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     rows = out.read_text(encoding="utf-8").splitlines()
     assert len(rows) == 2 * 500
@@ -71,8 +92,9 @@ def test_translate_too_long_input_is_an_error_or_split(trained_run, cli):
     result = cli("translate", str(trained_run / "run"), "--beam", "1", stdin=long_line)
     assert result.returncode == 1
     assert "over the model's limit" in result.stderr and "Traceback" not in result.stderr
-    result = cli("translate", str(trained_run / "run"), "--beam", "1", "--too-long", "split",
-                 stdin=long_line)
+    result = cli(
+        "translate", str(trained_run / "run"), "--beam", "1", "--too-long", "split", stdin=long_line
+    )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 1
 
@@ -80,8 +102,16 @@ def test_translate_too_long_input_is_an_error_or_split(trained_run, cli):
 @pytest.mark.slow
 def test_evaluate_prints_signatures(trained_run, cli):
     d = trained_run / "data"
-    result = cli("evaluate", str(trained_run / "run"), "--src", str(d / "test.en"),
-                 "--ref", str(d / "test.fr"), "--beam", "1")
+    result = cli(
+        "evaluate",
+        str(trained_run / "run"),
+        "--src",
+        str(d / "test.en"),
+        "--ref",
+        str(d / "test.fr"),
+        "--beam",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     assert "BLEU" in result.stdout and "nrefs:1" in result.stdout and "CHRF" in result.stdout
 
@@ -89,8 +119,14 @@ def test_evaluate_prints_signatures(trained_run, cli):
 @pytest.mark.slow
 def test_incompatible_config_on_resume(trained_run, cli):
     d = trained_run / "data"
-    result = cli("train", "configs/demo.yaml", f"run.dir={trained_run / 'run'}",
-                 f"data.train_src={d / 'train.en'}", f"data.train_tgt={d / 'train.fr'}",
-                 "data.vocab_size=300", "model.d_model=64")
+    result = cli(
+        "train",
+        "configs/demo.yaml",
+        f"run.dir={trained_run / 'run'}",
+        f"data.train_src={d / 'train.en'}",
+        f"data.train_tgt={d / 'train.fr'}",
+        "data.vocab_size=300",
+        "model.d_model=64",
+    )
     assert result.returncode == 1
     assert "different 'data' config" in result.stderr or "different 'model'" in result.stderr

@@ -42,11 +42,13 @@ def test_loss_matches_pytorch_and_ignores_padding(smoothing):
     loss, nll = smoothed_nll(logits, target, smoothing=smoothing)
     keep = target.reshape(-1) != 0
     flat = logits.reshape(-1, 11)[keep]
-    expected = F.cross_entropy(flat, target.reshape(-1)[keep], label_smoothing=smoothing,
-                               reduction="sum")
+    expected = F.cross_entropy(
+        flat, target.reshape(-1)[keep], label_smoothing=smoothing, reduction="sum"
+    )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert nll.item() == pytest.approx(F.cross_entropy(flat, target.reshape(-1)[keep],
-                                                       reduction="sum").item(), rel=1e-5)
+    assert nll.item() == pytest.approx(
+        F.cross_entropy(flat, target.reshape(-1)[keep], reduction="sum").item(), rel=1e-5
+    )
 
 
 class Tied(nn.Module):
@@ -93,13 +95,29 @@ def _write_corpus(folder):
 
 
 def _train_args(files, run_dir, *extra):
-    return [sys.executable, "-m", "attnkit.cli", "train", "configs/demo.yaml",
-            f"run.dir={run_dir}", f"data.train_src={files['train.en']}",
-            f"data.train_tgt={files['train.fr']}", "data.vocab_size=200",
-            "model.d_model=32", "model.d_ff=64", "model.encoder_layers=1",
-            "model.decoder_layers=1", "train.max_tokens=512", "train.max_steps=30",
-            "train.max_minutes=null", "train.valid_every=10", "train.log_every=1",
-            "train.warmup=5", "train.progress=false", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "attnkit.cli",
+        "train",
+        "configs/demo.yaml",
+        f"run.dir={run_dir}",
+        f"data.train_src={files['train.en']}",
+        f"data.train_tgt={files['train.fr']}",
+        "data.vocab_size=200",
+        "model.d_model=32",
+        "model.d_ff=64",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "train.max_tokens=512",
+        "train.max_steps=30",
+        "train.max_minutes=null",
+        "train.valid_every=10",
+        "train.log_every=1",
+        "train.warmup=5",
+        "train.progress=false",
+        *extra,
+    ]
 
 
 def _losses(run_dir):
@@ -111,13 +129,22 @@ def _losses(run_dir):
 def test_resume_after_kill_follows_the_uninterrupted_run(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     files = _write_corpus(tmp_path / "data")
-    whole = subprocess.run(_train_args(files, tmp_path / "whole"), cwd=root, capture_output=True,
-                           text=True, timeout=300)
+    whole = subprocess.run(
+        _train_args(files, tmp_path / "whole"),
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert whole.returncode == 0, whole.stderr
 
     killed_dir = tmp_path / "killed"
-    proc = subprocess.Popen(_train_args(files, killed_dir), cwd=root, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_args(files, killed_dir),
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:  # kill it somewhere after the step-10 checkpoint
         metrics = killed_dir / "metrics.jsonl"
@@ -128,8 +155,9 @@ def test_resume_after_kill_follows_the_uninterrupted_run(tmp_path):
     proc.wait()
     assert max(_losses(killed_dir)) < 30, "the run finished before it could be killed"
 
-    resumed = subprocess.run(_train_args(files, killed_dir), cwd=root, capture_output=True,
-                             text=True, timeout=300)
+    resumed = subprocess.run(
+        _train_args(files, killed_dir), cwd=root, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stderr
     expected, got = _losses(tmp_path / "whole"), _losses(killed_dir)

@@ -67,7 +67,9 @@ class ModelConfig:
     dropout: float | None = None
     norm: str = "pre"  # pre | post (Transformer)
     positions: str = "sinusoidal"  # sinusoidal | learned (Transformer)
-    tie_embeddings: bool = True  # share source/target/output embeddings when the vocabulary is joint
+    tie_embeddings: bool = (
+        True  # share source/target/output embeddings when the vocabulary is joint
+    )
     cell: str = "lstm"  # rnn | gru | lstm (arch: rnn)
     attention: str = "bahdanau"  # none | bahdanau | luong (arch: rnn)
     bidirectional: bool = True  # (arch: rnn)

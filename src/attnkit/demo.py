@@ -59,11 +59,18 @@ def run_demo(*, out: Path, size: int = 20000, max_minutes: float = 3.0) -> float
     best = translator.translate([sentence], beam=TEST_BEAM, need_attention=True)[0][0]
     src_pieces = [*translator.tokenizers.src.pieces(sentence), "</s>"]
     tgt_pieces = [*translator.tokenizers.tgt.id_pieces(best.tokens), "</s>"]
-    heatmap = plot_attention(best.attention, src_pieces, tgt_pieces, out / "attention.png",
-                             title="Transformer cross-attention (last layer, mean over heads)")
+    heatmap = plot_attention(
+        best.attention,
+        src_pieces,
+        tgt_pieces,
+        out / "attention.png",
+        title="Transformer cross-attention (last layer, mean over heads)",
+    )
     print(f"  {heatmap}")
 
     minutes = (time.monotonic() - started) / 60
-    print(f"\ndone in {minutes:.1f} minutes. The run directory is {out}; translate your own text with:")
+    print(
+        f"\ndone in {minutes:.1f} minutes. The run directory is {out}; translate your own text with:"
+    )
     print(f'  echo "The young woman sees the small dogs." | attnkit translate {out}')
     return bleu.score

@@ -31,11 +31,19 @@ def evaluate_command(args: argparse.Namespace) -> None:
         hyps = translator.translate_text(src, beam=args.beam, too_long="split")
     for path, ref in zip(args.ref, refs, strict=True):
         if len(ref) != len(hyps):
-            raise UserError(f"line counts differ: {len(hyps)} hypotheses, {path} has {len(ref)} lines")
+            raise UserError(
+                f"line counts differ: {len(hyps)} hypotheses, {path} has {len(ref)} lines"
+            )
     scores = corpus_scores(hyps, refs, metrics)
     if args.json:
-        print(json.dumps({name: {"score": round(s.score, 2), "signature": s.signature}
-                          for name, s in scores.items()}))
+        print(
+            json.dumps(
+                {
+                    name: {"score": round(s.score, 2), "signature": s.signature}
+                    for name, s in scores.items()
+                }
+            )
+        )
         return
     for name, s in scores.items():
         print(f"{name.upper():5s} {s.score:6.2f}   {s.signature}")

@@ -29,7 +29,11 @@ def corpus_scores(
     for ref in refs:
         if len(ref) != len(hyps):
             raise UserError(f"{len(hyps)} hypotheses but a reference set has {len(ref)} lines")
-    builders = {"bleu": sacrebleu.metrics.BLEU, "chrf": sacrebleu.metrics.CHRF, "ter": sacrebleu.metrics.TER}
+    builders = {
+        "bleu": sacrebleu.metrics.BLEU,
+        "chrf": sacrebleu.metrics.CHRF,
+        "ter": sacrebleu.metrics.TER,
+    }
     results = {}
     for name in metrics:
         if name not in builders:

@@ -118,8 +118,9 @@ class Translator:
             for piece in self._pieces(first_line + i, line, ids, too_long):
                 owners.append(i)
                 pieces.append(piece)
-        decoded = self._decode(pieces, beam=beam, nbest=nbest, max_tokens=max_tokens,
-                               need_attention=need_attention)
+        decoded = self._decode(
+            pieces, beam=beam, nbest=nbest, max_tokens=max_tokens, need_attention=need_attention
+        )
         results: list[list[Translation]] = [[Translation("", 0.0, [], None)] for _ in lines]
         joined: dict[int, list[list[Translation]]] = {}
         for owner, hyps in zip(owners, decoded, strict=True):
@@ -128,15 +129,22 @@ class Translator:
             results[owner] = parts[0] if len(parts) == 1 else [_join([p[0] for p in parts])]
         return results
 
-    def _decode(self, pieces, *, beam, nbest, max_tokens, need_attention) -> list[list[Translation]]:
+    def _decode(
+        self, pieces, *, beam, nbest, max_tokens, need_attention
+    ) -> list[list[Translation]]:
         d = self.config.decode
         beam = beam or d.beam
         if nbest > beam:
             raise UserError(f"--nbest {nbest} needs a beam at least as large (beam is {beam})")
         out: list[list[Translation]] = [[] for _ in pieces]
-        common = dict(max_len_a=d.max_len_a, max_len_b=d.max_len_b, min_len=d.min_len,
-                      no_repeat_ngram=d.no_repeat_ngram, need_attention=need_attention,
-                      length_penalty=d.length_penalty)
+        common = dict(
+            max_len_a=d.max_len_a,
+            max_len_b=d.max_len_b,
+            min_len=d.min_len,
+            no_repeat_ngram=d.no_repeat_ngram,
+            need_attention=need_attention,
+            length_penalty=d.length_penalty,
+        )
         budget = max_tokens or d.batch_tokens
         with torch.inference_mode():
             for indices, src, src_mask in encode_source_batches(pieces, max_tokens=budget):
@@ -147,8 +155,10 @@ class Translator:
                     found = beam_search(self.model, src, src_mask, beam=beam, nbest=nbest, **common)
                 for index, hyps in zip(indices.tolist(), found, strict=True):
                     texts = self.tokenizers.tgt.decode([h.tokens for h in hyps])
-                    out[index] = [Translation(text, h.score, h.tokens, h.attention)
-                                  for text, h in zip(texts, hyps, strict=True)]
+                    out[index] = [
+                        Translation(text, h.score, h.tokens, h.attention)
+                        for text, h in zip(texts, hyps, strict=True)
+                    ]
         return out
 
     def translate_text(self, lines: list[str], **options) -> list[str]:
@@ -201,9 +211,14 @@ def translate_command(args: argparse.Namespace) -> None:
     try:
         done = 0
         for chunk in _chunks(lines, CHUNK_LINES):
-            hyps = translator.translate(chunk, beam=beam, nbest=args.nbest,
-                                        max_tokens=args.max_tokens, too_long=args.too_long,
-                                        first_line=done + 1)
+            hyps = translator.translate(
+                chunk,
+                beam=beam,
+                nbest=args.nbest,
+                max_tokens=args.max_tokens,
+                too_long=args.too_long,
+                first_line=done + 1,
+            )
             _write(handle, hyps, args.nbest)
             handle.flush()
             done += len(chunk)

@@ -9,8 +9,12 @@ from torch import Tensor
 
 
 def plot_attention(
-    weights: Tensor, src_pieces: Sequence[str], tgt_pieces: Sequence[str], path: str | Path,
-    *, title: str = "cross-attention",
+    weights: Tensor,
+    src_pieces: Sequence[str],
+    tgt_pieces: Sequence[str],
+    path: str | Path,
+    *,
+    title: str = "cross-attention",
 ) -> Path:
     """Draw weights (T, S) as a heatmap, rows labelled by output pieces, columns by source pieces."""
     import matplotlib

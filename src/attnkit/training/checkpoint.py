@@ -39,7 +39,10 @@ def save_checkpoint(
 ) -> None:
     """Write weights (and optionally training state) to `directory`, replacing it atomically."""
     directory = Path(directory)
-    new, old = directory.with_name(directory.name + ".new"), directory.with_name(directory.name + ".old")
+    new, old = (
+        directory.with_name(directory.name + ".new"),
+        directory.with_name(directory.name + ".old"),
+    )
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     save_model(model, str(new / WEIGHTS))  # handles tied (shared) tensors
@@ -74,7 +77,9 @@ def load_weights(directory: Path, model: nn.Module) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, RuntimeError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
         raise UserError(f"{path}: incompatible checkpoint ({first_line})") from None
     if missing or unexpected:
         names = ", ".join(list(missing)[:3] + list(unexpected)[:3])

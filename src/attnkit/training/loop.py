@@ -170,13 +170,28 @@ def train(cfg: Config) -> TrainResult:
     )
     progress = _restore(run, model, optimizer)
     batches, events = Batches(run, progress), EventLog(run.dir)
-    log(f"model: {cfg.model.arch} {cfg.model.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, on {device}")
-    bar = tqdm(total=t.max_steps, initial=progress.step, disable=not t.progress, unit="step", dynamic_ncols=True)
-    started, window_tokens, window_start, stopped_by = time.monotonic(), 0, time.monotonic(), "max_steps"
+    log(
+        f"model: {cfg.model.arch} {cfg.model.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, on {device}"
+    )
+    bar = tqdm(
+        total=t.max_steps,
+        initial=progress.step,
+        disable=not t.progress,
+        unit="step",
+        dynamic_ncols=True,
+    )
+    started, window_tokens, window_start, stopped_by = (
+        time.monotonic(),
+        0,
+        time.monotonic(),
+        "max_steps",
+    )
     elapsed_before = progress.elapsed
     model.train()
     while progress.step < t.max_steps:
-        lr = learning_rate(progress.step + 1, lr=t.lr, warmup=t.warmup, schedule=t.schedule, max_steps=t.max_steps)
+        lr = learning_rate(
+            progress.step + 1, lr=t.lr, warmup=t.warmup, schedule=t.schedule, max_steps=t.max_steps
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         group_batches = [batches.next().to(device) for _ in range(t.accum_steps)]
@@ -198,8 +213,16 @@ def train(cfg: Config) -> TrainResult:
 
         if progress.step % t.log_every == 0 or progress.step == 1:
             rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
-            events("train", progress.step, loss=loss_sum / n_tokens, ppl=math.exp(min(nll_sum / n_tokens, 50)),
-                   lr=lr, grad_norm=float(grad_norm), tgt_tokens_per_s=rate, elapsed=progress.elapsed)
+            events(
+                "train",
+                progress.step,
+                loss=loss_sum / n_tokens,
+                ppl=math.exp(min(nll_sum / n_tokens, 50)),
+                lr=lr,
+                grad_norm=float(grad_norm),
+                tgt_tokens_per_s=rate,
+                elapsed=progress.elapsed,
+            )
             bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
             window_tokens, window_start = 0, time.monotonic()
 

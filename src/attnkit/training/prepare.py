@@ -59,7 +59,9 @@ def check_compatible(run_dir: Path, cfg: Config) -> None:
 
 def _read_pair(src: str | None, tgt: str | None, what: str) -> tuple[list[str], list[str]]:
     if src is None:
-        raise UserError(f"data.{what}_src is not set: give it in the config or as data.{what}_src=PATH")
+        raise UserError(
+            f"data.{what}_src is not set: give it in the config or as data.{what}_src=PATH"
+        )
     return read_parallel(src, tgt)
 
 
@@ -71,8 +73,12 @@ def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> T
     if data.spm_src is not None:
         return tokenizers_from_models(data.spm_src, None if data.joint_vocab else data.spm_tgt, out)
     if data.tokenizer not in ("unigram", "bpe"):
-        raise UserError(f"data.tokenizer: unknown value '{data.tokenizer}' (expected unigram or bpe)")
-    log(f"training a {data.vocab_size}-piece {data.tokenizer} SentencePiece model on {len(src):,} pairs")
+        raise UserError(
+            f"data.tokenizer: unknown value '{data.tokenizer}' (expected unigram or bpe)"
+        )
+    log(
+        f"training a {data.vocab_size}-piece {data.tokenizer} SentencePiece model on {len(src):,} pairs"
+    )
     return train_tokenizers(
         src,
         tgt,
