@@ -169,9 +169,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif annotation is str:
-        if isinstance(value, str):
-            return value
+    elif annotation is str and isinstance(value, str):
+        return value
     name = getattr(annotation, "__name__", str(annotation))
     raise UserError(f"{where}: expected {name}, got {value!r}")
 
