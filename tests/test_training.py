@@ -51,6 +51,26 @@ def test_loss_matches_pytorch_and_ignores_padding(smoothing):
     )
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_loss_gradient_matches_pytorch_and_is_zero_on_padding(smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(4, 11, (3, 5))
+    target[1, 2:] = 0  # padding
+    loss, _ = smoothed_nll(logits, target, smoothing=smoothing)
+    (ours,) = torch.autograd.grad(2.5 * loss, logits)
+    expected = F.cross_entropy(
+        logits.reshape(-1, 11), target.reshape(-1), ignore_index=0, label_smoothing=smoothing,
+        reduction="sum",
+    )  # fmt: skip
+    (theirs,) = torch.autograd.grad(2.5 * expected, logits)
+    torch.testing.assert_close(ours, theirs)
+    assert ours[1, 2:].abs().max() == 0
+    assert torch.autograd.gradcheck(
+        lambda x: smoothed_nll(x, target, smoothing=smoothing)[0], (logits,)
+    )
+
+
 class Tied(nn.Module):
     def __init__(self):
         super().__init__()

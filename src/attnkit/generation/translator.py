@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from attnkit import config as config_lib
+from attnkit import runtime
 from attnkit.config import Config
 from attnkit.data.batching import encode_source_batches
 from attnkit.data.corpus import iter_lines
@@ -69,6 +70,7 @@ class Translator:
         if found is None:
             raise UserError(f"{run_dir} has no checkpoint yet: train it first")
         tokenizers = load_tokenizers(run_dir / "tokenizer")
+        runtime.configure(cfg.run.threads)
         target = resolve_device(device or cfg.run.device)
         model = build_model(
             cfg.model, src_vocab=tokenizers.src.vocab_size, tgt_vocab=tokenizers.tgt.vocab_size

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from attnkit import runtime
 from attnkit.config import Config
 from attnkit.data.batching import collate, make_batches
 from attnkit.models.build import build_model
@@ -160,8 +161,7 @@ def train(cfg: Config) -> TrainResult:
     """Train (or resume) the run `cfg.run.dir` until a step, time or patience limit."""
     run = prepare_run(cfg)
     t, device = cfg.train, resolve_device(cfg.run.device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    runtime.configure(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     src_vocab, tgt_vocab = run.tokenizers.src.vocab_size, run.tokenizers.tgt.vocab_size
     model = build_model(cfg.model, src_vocab=src_vocab, tgt_vocab=tgt_vocab).to(device)

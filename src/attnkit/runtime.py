@@ -1,0 +1,42 @@
+"""Process-wide settings for fast CPU work: thread count and how freed memory is kept.
+
+glibc's malloc serves any block above 32 MiB with a fresh `mmap` and returns it to the kernel
+on `free`. A training step makes several such blocks (the logits and their gradient are
+tokens x vocabulary floats, 112 MiB on Multi30k), so every step the kernel zero-fills them page
+by page again: on the `small` preset with 2 threads this was 1.8 million page faults per 13
+steps and a quarter of the step time in the kernel. `keep_freed_memory` tells malloc to serve
+every size from its heap and keep what is freed, so the next step reuses the same pages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+import torch
+
+_M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of unmapping it; False where not glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    # Both calls return 1 on success. No mmap means large blocks come from the heap; a huge trim
+    # threshold means the heap is not shrunk when its top is freed.
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
+
+
+def configure(threads: int | None) -> None:
+    """Set the intra-op thread count (None keeps PyTorch's default) and keep freed memory."""
+    if threads:
+        torch.set_num_threads(threads)
+    keep_freed_memory()
