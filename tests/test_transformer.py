@@ -97,10 +97,21 @@ def test_joint_vocabulary_ties_one_embedding_three_ways():
 
 
 def test_separate_vocabularies_tie_only_target_and_output():
-    model = tiny(src_vocab=31, tie_embeddings=True)
+    model = tiny(src_vocab=31, tie_embeddings=True, joint_vocab=False)
     assert model.output_projection.weight is model.target_embedding.weight
     assert model.source_embedding is not model.target_embedding
     assert model.source_embedding.num_embeddings == 31
+
+
+def test_two_vocabularies_of_one_size_never_share_the_source_embedding():
+    model = tiny(tie_embeddings=True, joint_vocab=False)
+    assert model.source_embedding is not model.target_embedding
+    assert model.output_projection.weight is model.target_embedding.weight
+
+
+def test_a_joint_vocabulary_has_one_size():
+    with pytest.raises(ValueError, match="joint vocabulary"):
+        tiny(src_vocab=31)
 
 
 def test_untied_embeddings_are_three_tensors():

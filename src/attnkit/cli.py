@@ -111,12 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")
     p.set_defaults(func=cmd_translate)
 
-    p = sub.add_parser("evaluate", help="score a run on a test set (BLEU, chrF, TER)")
+    p = sub.add_parser("evaluate", help="score a run on a test set (BLEU, chrF, TER, ROUGE)")
     p.add_argument("run", nargs="?", help="run directory (not needed with --hyp)")
     p.add_argument("--src", help="source file to translate")
     p.add_argument("--ref", action="append", required=True, help="reference file (repeatable)")
     p.add_argument("--hyp", help="score this existing output instead of translating")
-    p.add_argument("--metrics", default="bleu,chrf,ter", help="comma-separated metrics")
+    p.add_argument(
+        "--metrics",
+        default="bleu,chrf,ter,rouge",
+        help="comma-separated, from bleu, chrf, ter (sacreBLEU) and rouge (ROUGE-1, ROUGE-2 and "
+        "ROUGE-L F-measures through rouge-score); default: all four",
+    )
     p.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best")

@@ -73,6 +73,8 @@ class ModelConfig:
     cell: str = "lstm"  # rnn | gru | lstm (arch: rnn)
     attention: str = "bahdanau"  # none | bahdanau | luong (arch: rnn)
     bidirectional: bool = True  # (arch: rnn)
+    attention_score: str = "general"  # dot | general | concat (arch: rnn, attention: luong)
+    context_every_step: bool = False  # Cho et al. 2014: summary in every step (attention: none)
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,15 @@ import json
 
 from attnkit.data.corpus import read_lines
 from attnkit.errors import UserError
-from attnkit.evaluation.metrics import corpus_scores
+from attnkit.evaluation.metrics import check_metric_names, corpus_scores
+
+LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}  # others: NAME.upper()
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
-    """Print BLEU/chrF/TER with their sacreBLEU signatures, or one JSON object with --json."""
+    """Print one line per score (name, value, signature), or one JSON object with --json."""
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    check_metric_names(metrics)
     refs = [read_lines(path) for path in args.ref]
     if args.hyp:
         hyps = read_lines(args.hyp)
@@ -46,4 +49,4 @@ def evaluate_command(args: argparse.Namespace) -> None:
         )
         return
     for name, s in scores.items():
-        print(f"{name.upper():5s} {s.score:6.2f}   {s.signature}")
+        print(f"{LABELS.get(name, name.upper()):7s} {s.score:6.2f}   {s.signature}")

@@ -1,16 +1,23 @@
-"""Corpus-level metrics: sacreBLEU's BLEU, chrF and TER on raw, detokenized text.
+"""Corpus-level metrics on raw, detokenized text: sacreBLEU's BLEU, chrF and TER, and ROUGE.
 
-Scores come with sacreBLEU's signature so that a reader can reproduce them exactly.
+Every score comes with a signature that says how it was computed, so that a reader can reproduce
+it exactly: sacreBLEU's own for BLEU, chrF and TER, and one written here in the same style for
+ROUGE-1, ROUGE-2 and ROUGE-L (Lin 2004), which rouge-score computes.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from importlib.metadata import version
 from typing import NamedTuple
 
 from attnkit.errors import UserError
 
-METRICS = ("bleu", "chrf", "ter")
+METRICS = ("bleu", "chrf", "ter", "rouge")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")  # the scores that the metric name "rouge" gives
+
+_WORD = re.compile(r"\w+")
 
 
 class Score(NamedTuple):
@@ -20,25 +27,80 @@ class Score(NamedTuple):
     signature: str
 
 
+class UnicodeWords:
+    """A rouge-score tokenizer that keeps every script: lowercased runs of Unicode word characters.
+
+    rouge-score's default tokenizer keeps only [a-z0-9], which turns French "été" into "t" and
+    deletes Greek, Cyrillic or Chinese text entirely. This one splits "l'été" into "l", "été".
+    There is no stemming: the Porter stemmer only knows English.
+    """
+
+    def tokenize(self, text: str) -> list[str]:
+        """The words of `text`, lowercased."""
+        return _WORD.findall(text.lower())
+
+
 def corpus_scores(
     hyps: Sequence[str], refs: Sequence[Sequence[str]], metrics: Sequence[str] = METRICS
 ) -> dict[str, Score]:
-    """Score hypotheses against one or more reference streams (each as long as `hyps`)."""
-    import sacrebleu
+    """Score hypotheses against one or more reference streams (each as long as `hyps`).
 
+    Metric names are "bleu", "chrf", "ter" and "rouge"; "rouge" gives three entries, "rouge1",
+    "rouge2" and "rougeL".
+    """
+    check_metric_names(metrics)
+    if not refs:
+        raise UserError("no reference to score against")
     for ref in refs:
         if len(ref) != len(hyps):
             raise UserError(f"{len(hyps)} hypotheses but a reference set has {len(ref)} lines")
+    results = {}
+    for name in metrics:
+        if name == "rouge":
+            results.update(rouge_scores(hyps, refs))
+        else:
+            results[name] = sacrebleu_score(name, hyps, refs)
+    return results
+
+
+def check_metric_names(metrics: Sequence[str]) -> None:
+    """Stop with a UserError on an unknown metric name, before any slow work."""
+    for name in metrics:
+        if name not in METRICS:
+            raise UserError(f"unknown metric '{name}' (known: {', '.join(METRICS)})")
+
+
+def sacrebleu_score(name: str, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> Score:
+    """sacreBLEU's corpus BLEU, chrF or TER with its default settings, and its signature."""
+    import sacrebleu
+
     builders = {
         "bleu": sacrebleu.metrics.BLEU,
         "chrf": sacrebleu.metrics.CHRF,
         "ter": sacrebleu.metrics.TER,
     }
-    results = {}
-    for name in metrics:
-        if name not in builders:
-            raise UserError(f"unknown metric '{name}' (known: {', '.join(builders)})")
-        metric = builders[name]()
-        value = metric.corpus_score(list(hyps), [list(r) for r in refs])
-        results[name] = Score(float(value.score), str(metric.get_signature()))
-    return results
+    metric = builders[name]()
+    value = metric.corpus_score(list(hyps), [list(r) for r in refs])
+    return Score(float(value.score), str(metric.get_signature()))
+
+
+def rouge_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str, Score]:
+    """ROUGE-1, ROUGE-2 and ROUGE-L F-measures (x100), averaged over sentences.
+
+    Each sentence scores against its best reference, per ROUGE type (rouge-score's
+    `score_multi`). A sentence whose hypothesis or references have no words scores 0.
+    """
+    from rouge_score.rouge_scorer import RougeScorer
+
+    scorer = RougeScorer(list(ROUGE_TYPES), use_stemmer=False, tokenizer=UnicodeWords())
+    totals = dict.fromkeys(ROUGE_TYPES, 0.0)
+    for i, hyp in enumerate(hyps):
+        best = scorer.score_multi([ref[i] for ref in refs], hyp)
+        for name in ROUGE_TYPES:
+            totals[name] += best[name].fmeasure
+    signature = (
+        f"nrefs:{len(refs)}|tok:unicode-words|case:lower|stem:no|f-measure|refs:best"
+        f"|avg:sentences|rouge-score:{version('rouge-score')}"
+    )
+    count = max(len(hyps), 1)
+    return {name: Score(100 * totals[name] / count, signature) for name in ROUGE_TYPES}

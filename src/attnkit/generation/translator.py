@@ -73,7 +73,10 @@ class Translator:
         runtime.configure(cfg.run.threads)
         target = resolve_device(device or cfg.run.device)
         model = build_model(
-            cfg.model, src_vocab=tokenizers.src.vocab_size, tgt_vocab=tokenizers.tgt.vocab_size
+            cfg.model,
+            src_vocab=tokenizers.src.vocab_size,
+            tgt_vocab=tokenizers.tgt.vocab_size,
+            joint_vocab=cfg.data.joint_vocab,
         )
         load_weights(found, model)
         model.to(target).eval()

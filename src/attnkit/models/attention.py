@@ -239,4 +239,96 @@ def _causal_mask(query_length: int, key_length: int, device: torch.device) -> Te
 
 
 # Additive (Bahdanau et al. 2015) and multiplicative (Luong et al. 2015) attention for the
-# recurrent models belong below, returning `Attended` like the classes above.
+# recurrent models: one query per sentence (B, Dq) against the encoder states (B, S, Dk). Each
+# returns `Attended(context (B, Dk), weights (B, S))`: no head and no query-length dimension, and
+# weights always, since a recurrent decoder attends once per step and they cost nothing extra.
+# Keys (the states as the score sees them) are a function of the memory alone, so a decoder
+# computes them once per sentence with `keys(memory)` and passes them to every step.
+
+LUONG_SCORES = ("dot", "general", "concat")
+
+
+def masked_softmax_attention(scores: Tensor, memory: Tensor, mask: Tensor) -> Attended:
+    """Weights softmax(scores) over real positions and the context they give.
+
+    scores (B, S), memory (B, S, Dk), mask (B, S) True = real token -> context (B, Dk) and
+    weights (B, S), exactly zero on padding.
+    """
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # (B, S)
+    context = (weights[:, None, :] @ memory).squeeze(1)  # (B, Dk)
+    return Attended(context, weights)
+
+
+class AdditiveAttention(nn.Module):
+    """Additive attention, score(s, h_j) = v^T tanh(W s + U h_j) (Bahdanau et al. 2015, §3.1, A.1.2).
+
+    Bahdanau's decoder scores with its previous state s_{t-1}; Luong's `concat` score is the
+    same function of the current state h_t.
+    """
+
+    def __init__(self, *, query_size: int, key_size: int, hidden_size: int):
+        super().__init__()
+        self.query_projection = nn.Linear(query_size, hidden_size, bias=False)  # W
+        self.key_projection = nn.Linear(key_size, hidden_size)  # U, with the one bias
+        self.score = nn.Linear(hidden_size, 1, bias=False)  # v
+
+    def keys(self, memory: Tensor) -> Tensor:
+        """U h_j for every encoder state (B, S, Dk) -> (B, S, A), once per sentence."""
+        return self.key_projection(memory)
+
+    def forward(
+        self, query: Tensor, memory: Tensor, mask: Tensor, keys: Tensor | None = None
+    ) -> Attended:
+        """Attend from `query` (B, Dq) to `memory` (B, S, Dk) under `mask` (B, S), True = attend.
+
+        `keys` are `self.keys(memory)`, computed here when not given.
+        """
+        keys = self.keys(memory) if keys is None else keys
+        hidden = torch.tanh(keys + self.query_projection(query)[:, None, :])  # (B, S, A)
+        return masked_softmax_attention(self.score(hidden).squeeze(-1), memory, mask)
+
+
+class LuongAttention(nn.Module):
+    """Global attention with the dot, general or concat score (Luong et al. 2015, §3.1).
+
+    dot: h_t^T h_s (needs Dq == Dk); general: h_t^T W_a h_s; concat: v_a^T tanh(W_a [h_t; h_s]),
+    which is additive attention with h_t as the query.
+    """
+
+    def __init__(self, *, score: str, query_size: int, key_size: int):
+        super().__init__()
+        if score not in LUONG_SCORES:
+            raise ValueError(f"score must be one of {', '.join(LUONG_SCORES)}, got {score!r}")
+        if score == "dot" and query_size != key_size:
+            raise ValueError(
+                f"the dot score needs keys as wide as the query, got {key_size} and {query_size}"
+            )
+        self.key_projection = (
+            nn.Linear(key_size, query_size, bias=False) if score == "general" else None
+        )  # W_a
+        self.additive = (
+            AdditiveAttention(query_size=query_size, key_size=key_size, hidden_size=query_size)
+            if score == "concat"
+            else None
+        )
+
+    def keys(self, memory: Tensor) -> Tensor:
+        """The encoder states (B, S, Dk) as the score compares them, once per sentence."""
+        if self.additive is not None:
+            return self.additive.keys(memory)  # (B, S, Dq)
+        if self.key_projection is not None:
+            return self.key_projection(memory)  # W_a h_s: (B, S, Dq)
+        return memory
+
+    def forward(
+        self, query: Tensor, memory: Tensor, mask: Tensor, keys: Tensor | None = None
+    ) -> Attended:
+        """Attend from `query` (B, Dq) to `memory` (B, S, Dk) under `mask` (B, S), True = attend.
+
+        `keys` are `self.keys(memory)`, computed here when not given.
+        """
+        if self.additive is not None:
+            return self.additive(query, memory, mask, keys)
+        keys = self.keys(memory) if keys is None else keys
+        scores = (keys @ query[:, :, None]).squeeze(-1)  # (B, S)
+        return masked_softmax_attention(scores, memory, mask)

@@ -13,6 +13,8 @@ from torch import nn
 
 from attnkit.config import ModelConfig
 from attnkit.errors import UserError
+from attnkit.models.attention import LUONG_SCORES
+from attnkit.models.rnn import ATTENTIONS, CELLS, RNN_PRESETS, RecurrentSeq2Seq
 from attnkit.models.transformer import TRANSFORMER_PRESETS, Transformer
 
 
@@ -21,18 +23,25 @@ def _choice(name: str, value: str, options: tuple[str, ...] | list[str]) -> None
         raise UserError(f"{name}: unknown value '{value}' (expected one of: {', '.join(options)})")
 
 
-def build_transformer(cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int) -> nn.Module:
-    """The encoder-decoder Transformer at the preset size, with any size key overridden."""
-    _choice("model.preset", cfg.preset, list(TRANSFORMER_PRESETS))
-    _choice("model.norm", cfg.norm, ("pre", "post"))
-    _choice("model.positions", cfg.positions, ("sinusoidal", "learned"))
-    size = TRANSFORMER_PRESETS[cfg.preset]
+def _size(presets: dict, cfg: ModelConfig):
+    """The preset `cfg.preset` with every non-null size key of `cfg` put over it."""
+    _choice("model.preset", cfg.preset, list(presets))
+    size = presets[cfg.preset]
     overrides = {
         f.name: getattr(cfg, f.name)
         for f in dataclasses.fields(size)
         if getattr(cfg, f.name, None) is not None
     }
-    size = dataclasses.replace(size, **overrides)
+    return dataclasses.replace(size, **overrides)
+
+
+def build_transformer(
+    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool
+) -> nn.Module:
+    """The encoder-decoder Transformer at the preset size, with any size key overridden."""
+    _choice("model.norm", cfg.norm, ("pre", "post"))
+    _choice("model.positions", cfg.positions, ("sinusoidal", "learned"))
+    size = _size(TRANSFORMER_PRESETS, cfg)
     if size.d_model % size.n_heads != 0:
         raise UserError(
             f"model.d_model ({size.d_model}) must be divisible by model.n_heads ({size.n_heads})"
@@ -49,15 +58,59 @@ def build_transformer(cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int) -> nn
         norm=cfg.norm,
         positions=cfg.positions,
         tie_embeddings=cfg.tie_embeddings,
+        joint_vocab=joint_vocab,
+    )
+
+
+def build_rnn(cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool) -> nn.Module:
+    """The recurrent encoder-decoder at the preset size, with any size key overridden.
+
+    `n_heads` and `d_ff` belong to the Transformer and are ignored here, so that one recipe can
+    switch `model.arch` on the command line.
+    """
+    _choice("model.cell", cfg.cell, list(CELLS))
+    _choice("model.attention", cfg.attention, ATTENTIONS)
+    _choice("model.attention_score", cfg.attention_score, LUONG_SCORES)
+    if cfg.context_every_step and cfg.attention != "none":
+        raise UserError("model.context_every_step: only for model.attention=none")
+    if cfg.attention == "luong" and cfg.attention_score == "dot" and cfg.bidirectional:
+        raise UserError(
+            "model.attention_score: dot needs encoder states as wide as the decoder's; "
+            "set model.bidirectional=false or use general or concat"
+        )
+    size = _size(RNN_PRESETS, cfg)
+    return RecurrentSeq2Seq(
+        src_vocab=src_vocab,
+        tgt_vocab=tgt_vocab,
+        d_model=size.d_model,
+        encoder_layers=size.encoder_layers,
+        decoder_layers=size.decoder_layers,
+        cell=cfg.cell,
+        attention=cfg.attention,
+        attention_score=cfg.attention_score,
+        bidirectional=cfg.bidirectional,
+        context_every_step=cfg.context_every_step,
+        dropout=size.dropout,
+        tie_embeddings=cfg.tie_embeddings,
+        joint_vocab=joint_vocab,
     )
 
 
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "transformer": build_transformer,
+    "rnn": build_rnn,
 }
 
 
-def build_model(cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int) -> nn.Module:
-    """Build the model named by `cfg.arch` for the given vocabulary sizes."""
+def build_model(
+    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool = True
+) -> nn.Module:
+    """Build the model named by `cfg.arch` for the given vocabularies.
+
+    `joint_vocab` says that one SentencePiece model serves both sides (`data.joint_vocab`), so
+    with `model.tie_embeddings` the source embedding is the target's too.
+    """
     _choice("model.arch", cfg.arch, list(BUILDERS))
-    return BUILDERS[cfg.arch](cfg, src_vocab=src_vocab, tgt_vocab=tgt_vocab)
+    return BUILDERS[cfg.arch](
+        cfg, src_vocab=src_vocab, tgt_vocab=tgt_vocab, joint_vocab=joint_vocab
+    )

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.models.attention import KVCache, MultiHeadAttention, key_padding_mask
+from attnkit.models.embeddings import token_embeddings
 from attnkit.models.protocol import Memory, Step
 
 NORMS = ("pre", "post")
@@ -300,10 +301,10 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
     """The encoder-decoder Transformer (Vaswani et al. 2017), implementing the Seq2Seq protocol.
 
-    Tying (§3.4): with `tie_embeddings` and one joint vocabulary (`src_vocab == tgt_vocab`),
-    one embedding matrix serves the source, the target and the output projection. With two
-    vocabularies only the target embedding and the output projection share it; the source keeps
-    its own. The output projection has no bias, so tied or not, logits = h E^T.
+    Tying (§3.4): with `tie_embeddings` and one joint vocabulary (`joint_vocab`), one embedding
+    matrix serves the source, the target and the output projection. With two vocabularies only
+    the target embedding and the output projection share it; the source keeps its own. The
+    output projection has no bias, so tied or not, logits = h E^T.
     """
 
     def __init__(
@@ -320,6 +321,7 @@ class Transformer(nn.Module):
         norm: str = "pre",
         positions: str = "sinusoidal",
         tie_embeddings: bool = True,
+        joint_vocab: bool = True,
         max_positions: int = 1024,
         pad_id: int = 0,
     ):
@@ -332,12 +334,14 @@ class Transformer(nn.Module):
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         self.d_model = d_model
         self.embedding_scale = math.sqrt(d_model)
-        self.target_embedding = nn.Embedding(tgt_vocab, d_model, padding_idx=pad_id)
+        self.source_embedding, self.target_embedding = token_embeddings(
+            src_vocab=src_vocab,
+            tgt_vocab=tgt_vocab,
+            d_model=d_model,
+            pad_id=pad_id,
+            share=tie_embeddings and joint_vocab,
+        )
         self.output_projection = nn.Linear(d_model, tgt_vocab, bias=False)
-        if tie_embeddings and src_vocab == tgt_vocab:
-            self.source_embedding = self.target_embedding
-        else:
-            self.source_embedding = nn.Embedding(src_vocab, d_model, padding_idx=pad_id)
         position_class = SinusoidalPositions if positions == "sinusoidal" else LearnedPositions
         self.source_positions = position_class(d_model=d_model, max_positions=max_positions)
         self.target_positions = position_class(d_model=d_model, max_positions=max_positions)

@@ -164,7 +164,9 @@ def train(cfg: Config) -> TrainResult:
     runtime.configure(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     src_vocab, tgt_vocab = run.tokenizers.src.vocab_size, run.tokenizers.tgt.vocab_size
-    model = build_model(cfg.model, src_vocab=src_vocab, tgt_vocab=tgt_vocab).to(device)
+    model = build_model(
+        cfg.model, src_vocab=src_vocab, tgt_vocab=tgt_vocab, joint_vocab=cfg.data.joint_vocab
+    ).to(device)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, foreach=True
     )
