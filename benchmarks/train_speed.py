@@ -7,6 +7,9 @@ target tokens/s for both, their ratio, and the model FLOP utilisation (6 x param
 second, against the fp32 matmul rate measured in the same run).
 
     python benchmarks/train_speed.py ../shared/data/multi30k --steps 20 --threads 2
+
+Both models run in one process with the same allocator setting (`--allocator`), so the ratio
+never credits attnkit with the allocator: the reference gains from it too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from attnkit.data.batching import collate, make_batches
 from attnkit.data.corpus import read_parallel, tokenize_corpus
 from attnkit.data.tokenizer import PAD_ID, train_tokenizers
 from attnkit.models.build import build_model
+from attnkit.runtime import keep_freed_memory
 from attnkit.training.loss import smoothed_nll
 
 
@@ -76,17 +80,19 @@ def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-def time_training(model: nn.Module, batches, corpus, *, attnkit_loss: bool, warmup: int) -> float:
-    """Target tokens per second over the batches after `warmup` untimed steps."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, betas=(0.9, 0.98), foreach=True)
-    model.train()
-    tokens, start = 0, None
-    for i, indices in enumerate(batches):
-        if i == warmup:
-            tokens, start = 0, time.perf_counter()
-        batch = collate(corpus, indices)
-        logits = model(batch.src, batch.src_mask, batch.tgt_in)
-        if attnkit_loss:
+class Trainer:
+    """One model, its optimiser and its loss: `step(batch)` trains one batch and returns seconds."""
+
+    def __init__(self, model: nn.Module, *, attnkit_loss: bool) -> None:
+        self.model, self.attnkit_loss = model.train(), attnkit_loss
+        self.optimizer = torch.optim.Adam(
+            model.parameters(), lr=1e-4, betas=(0.9, 0.98), foreach=True
+        )
+
+    def step(self, batch) -> float:
+        start = time.perf_counter()
+        logits = self.model(batch.src, batch.src_mask, batch.tgt_in)
+        if self.attnkit_loss:
             loss, _ = smoothed_nll(logits, batch.tgt_out, smoothing=0.1)
             loss = loss / batch.n_tgt_tokens
         else:
@@ -97,11 +103,10 @@ def time_training(model: nn.Module, batches, corpus, *, attnkit_loss: bool, warm
                 label_smoothing=0.1,
             )
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens += batch.n_tgt_tokens
-    return tokens / (time.perf_counter() - start)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -111,8 +116,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument(
+        "--allocator",
+        choices=["keep", "default"],
+        default="keep",
+        help="keep: malloc keeps freed memory, as `attnkit train` sets it (for both models); "
+        "default: glibc's own behaviour",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.allocator == "keep":
+        keep_freed_memory()
     torch.manual_seed(1)
 
     src, tgt = read_parallel(args.data / "train.en", args.data / "train.fr")
@@ -129,9 +143,23 @@ def main() -> None:
     n_ref = sum(p.numel() for p in reference.parameters())
 
     gflops = matmul_gflops()
-    ref_rate = time_training(reference, batches, corpus, attnkit_loss=False, warmup=args.warmup)
-    our_rate = time_training(ours, batches, corpus, attnkit_loss=True, warmup=args.warmup)
-    print(f"threads {args.threads}, fp32 matmul {gflops:.0f} GFLOP/s, {args.steps} timed steps")
+    # The two models take turns on each batch, so both see the same drift of a shared machine.
+    trainers = {
+        "torch.nn.Transformer": Trainer(reference, attnkit_loss=False),
+        "attnkit": Trainer(ours, attnkit_loss=True),
+    }
+    seconds, tokens = dict.fromkeys(trainers, 0.0), 0
+    for i, indices in enumerate(batches):
+        batch = collate(corpus, indices)
+        for name, trainer in trainers.items():
+            elapsed = trainer.step(batch)
+            seconds[name] += elapsed if i >= args.warmup else 0.0
+        tokens += batch.n_tgt_tokens if i >= args.warmup else 0
+    ref_rate, our_rate = tokens / seconds["torch.nn.Transformer"], tokens / seconds["attnkit"]
+    print(
+        f"threads {args.threads}, allocator {args.allocator}, fp32 matmul {gflops:.0f} GFLOP/s, "
+        f"{args.steps} timed steps"
+    )
     for name, rate, n in [("torch.nn.Transformer", ref_rate, n_ref), ("attnkit", our_rate, n_ours)]:
         mfu = 6 * n * rate / (gflops * 1e9)
         print(f"{name:22s} {n / 1e6:5.2f}M params  {rate:8,.0f} target tokens/s  MFU {mfu:5.1%}")

