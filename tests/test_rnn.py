@@ -27,18 +27,11 @@ from attnkit.models.rnn import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 V = 23
 PAD, BOS, EOS = 0, 2, 3
 LENGTHS, SYMBOLS = (2, 5), 10  # the learning tests reverse 2 to 5 symbols of 10
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides) -> RecurrentSeq2Seq:

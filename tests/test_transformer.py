@@ -7,17 +7,10 @@ import torch.nn.functional as F
 from attnkit.models.protocol import padding_mask
 from attnkit.models.transformer import TRANSFORMER_PRESETS, Transformer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 V = 23
 PAD = 0
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and lose much when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides) -> Transformer:
@@ -308,24 +301,16 @@ def test_tiny_transformer_learns_to_reverse_sequences():
     from attnkit.generation.search import greedy_search
     from attnkit.training.loss import smoothed_nll
 
-    torch.manual_seed(0)
     symbols = V - 4
-    model = Transformer(
-        src_vocab=V,
-        tgt_vocab=V,
-        d_model=64,
-        n_heads=4,
-        d_ff=128,
-        encoder_layers=2,
-        decoder_layers=2,
-        dropout=0.0,
-    )
+    model = tiny(d_model=64, d_ff=128, dropout=0.0).train()
     train = reverse_task(32_000, length=(3, 8), vocab=symbols, seed=1)
     held_out = [
         p for p in reverse_task(300, length=(3, 8), vocab=symbols, seed=2) if p not in train
     ]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98))
-    for step in range(len(train) // 64):
+    steps = len(train) // 64
+    decay = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+    for step in range(steps):
         src, tgt = reverse_batch(train[step * 64 : (step + 1) * 64])
         loss, _ = smoothed_nll(
             model(src, padding_mask(src), tgt[:, :-1]), tgt[:, 1:], smoothing=0.0
@@ -333,6 +318,7 @@ def test_tiny_transformer_learns_to_reverse_sequences():
         optimizer.zero_grad()
         (loss / tgt[:, 1:].ne(PAD).sum()).backward()
         optimizer.step()
+        decay.step()
     model.eval()
     src, tgt = reverse_batch(held_out)
     with torch.no_grad():

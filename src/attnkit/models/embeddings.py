@@ -1,4 +1,5 @@
-"""Source and target token embeddings, shared when one vocabulary serves both sides (§3.4)."""
+"""Token embeddings, shared when one vocabulary serves both sides (§3.4), and the initialisation
+that every architecture gives its linear layers and embeddings."""
 
 from __future__ import annotations
 
@@ -21,3 +22,20 @@ def token_embeddings(
             f"a joint vocabulary has one size, got source {src_vocab} and target {tgt_vocab}"
         )
     return target, target
+
+
+def init_weights(model: nn.Module, d_model: int) -> None:
+    """Xavier-uniform linear layers with zero biases; embeddings N(0, 1/D), padding row zero.
+
+    With the Transformer's sqrt(D) scale an embedding then has unit variance. Other modules (the
+    recurrent cells) keep PyTorch's default initialisation.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=d_model**-0.5)
+            if module.padding_idx is not None:
+                nn.init.zeros_(module.weight[module.padding_idx])

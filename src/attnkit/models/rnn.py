@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnkit.models.attention import AdditiveAttention, LuongAttention
-from attnkit.models.embeddings import token_embeddings
+from attnkit.models.embeddings import init_weights, token_embeddings
 from attnkit.models.protocol import Memory, Step
 from attnkit.models.softmax import log_softmax
 
@@ -347,21 +347,9 @@ class RecurrentSeq2Seq(nn.Module):
         else:
             self.decoder = LuongDecoder(memory_size=memory_size, score=attention_score, **stack)
         self.output_projection = nn.Linear(d_model, tgt_vocab, bias=False)
-        self._init_weights()
+        init_weights(self, d_model)
         if tie_embeddings:
             self.output_projection.weight = self.target_embedding.weight
-
-    def _init_weights(self) -> None:
-        """Xavier-uniform linear layers; embeddings N(0, 1/D); PyTorch's default for the cells."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=self.d_model**-0.5)
-                if module.padding_idx is not None:
-                    nn.init.zeros_(module.weight[module.padding_idx])
 
     def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T)."""

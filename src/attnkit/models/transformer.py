@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attnkit.models.attention import KVCache, MultiHeadAttention, key_padding_mask
 from attnkit.models.dropout import Dropout
-from attnkit.models.embeddings import token_embeddings
+from attnkit.models.embeddings import init_weights, token_embeddings
 from attnkit.models.protocol import Memory, Step
 from attnkit.models.softmax import log_softmax
 
@@ -351,21 +351,9 @@ class Transformer(nn.Module):
         stack = dict(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout)
         self.encoder = Encoder(layers=encoder_layers, pre_norm=norm == "pre", **stack)
         self.decoder = Decoder(layers=decoder_layers, pre_norm=norm == "pre", **stack)
-        self._init_weights()
+        init_weights(self, d_model)
         if tie_embeddings:
             self.output_projection.weight = self.target_embedding.weight
-
-    def _init_weights(self) -> None:
-        """Xavier-uniform linear layers; embeddings N(0, 1/D), unit variance after the sqrt(D)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=self.d_model**-0.5)
-                if module.padding_idx is not None:
-                    nn.init.zeros_(module.weight[module.padding_idx])
 
     def _embed(
         self, tokens: Tensor, embedding: nn.Embedding, positions: nn.Module, offset: int = 0
