@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnkit.data.batching import encode_source_batches
@@ -30,6 +29,7 @@ from attnkit.data.corpus import read_lines
 from attnkit.generation.search import Hypothesis, beam_search
 from attnkit.generation.translator import Translator
 from attnkit.models.protocol import Memory, Step
+from attnkit.models.softmax import log_softmax
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class FullPrefix(nn.Module):
         prefix = torch.cat([state.tokens, prev_tokens[:, None]], dim=1)  # (B, T)
         hidden = self.model.decode(memory, prefix)  # (B, T, D)
         logits = self.model.output_projection(hidden[:, -1])  # (B, V)
-        return Step(F.log_softmax(logits.float(), dim=-1), PrefixState(prefix), None)
+        return Step(log_softmax(logits), PrefixState(prefix), None)
 
 
 def encode_sources(translator: Translator, path: Path, limit: int | None) -> list[list[int]]:

@@ -17,7 +17,6 @@ from attnkit.errors import UserError
 
 NOT_YET = {
     "study": "issue #6 (the architecture comparison report)",
-    "attention": "issue #6 (cross-attention heatmaps)",
     "serve": "a later issue (the HTTP API and web page)",
     "export": "a later issue (Hugging Face Marian and CTranslate2 export)",
 }
@@ -74,6 +73,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from attnkit.evaluation.evaluate import evaluate_command
 
     evaluate_command(args)
+
+
+def cmd_attention(args: argparse.Namespace) -> None:
+    from attnkit.study.attention_command import attention_command
+
+    attention_command(args)
 
 
 def not_yet(name: str) -> Callable[[argparse.Namespace], None]:
@@ -179,11 +184,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/study")
     p.set_defaults(func=not_yet("study"))
 
-    p = sub.add_parser("attention", help="draw a cross-attention heatmap [not yet implemented]")
-    p.add_argument("run")
-    p.add_argument("text")
-    p.add_argument("--out")
-    p.set_defaults(func=not_yet("attention"))
+    p = sub.add_parser(
+        "attention",
+        help="draw the cross-attention heatmap of one translation",
+        description="Translate TEXT with the run (beam search) and draw the cross-attention "
+        "behind the best translation: source pieces across, output pieces down. For a "
+        "Transformer the default is the last layer averaged over heads; --layer and --head pick "
+        "one, --grid draws every layer and head. A recurrent run draws its one attention.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("text", help="the sentence to translate, quoted")
+    p.add_argument(
+        "--out",
+        default="attention.png",
+        help="image file, .png, .svg or .pdf (default: %(default)s)",
+    )
+    p.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam)")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    p.add_argument(
+        "--layer", type=int, help="Transformer decoder layer, 1-based; -1 is the last (default)"
+    )
+    which_head = p.add_mutually_exclusive_group()
+    which_head.add_argument("--head", type=int, help="Transformer attention head, 1-based")
+    which_head.add_argument(
+        "--mean", action="store_true", help="average over heads (the default without --head)"
+    )
+    p.add_argument(
+        "--grid", action="store_true", help="draw every layer and head, one small heatmap each"
+    )
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("serve", help="serve a run over HTTP [not yet implemented]")
     p.add_argument("run")

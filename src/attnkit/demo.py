@@ -16,7 +16,7 @@ from attnkit.data.corpus import read_lines
 from attnkit.data.synthetic import write_corpus
 from attnkit.evaluation.metrics import corpus_scores
 from attnkit.generation.translator import Translator
-from attnkit.study.heatmap import plot_attention
+from attnkit.study.attention_command import draw_attention
 from attnkit.training.loop import train
 
 TEST_BEAM = 4
@@ -56,17 +56,8 @@ def run_demo(*, out: Path, size: int = 20000, max_minutes: float = 3.0) -> float
 
     print("4/4 drawing the cross-attention of one sentence")
     sentence = max(src[:50], key=len)
-    best = translator.translate([sentence], beam=TEST_BEAM, need_attention=True)[0][0]
-    src_pieces = [*translator.tokenizers.src.pieces(sentence), "</s>"]
-    tgt_pieces = [*translator.tokenizers.tgt.id_pieces(best.tokens), "</s>"]
-    heatmap = plot_attention(
-        best.attention,
-        src_pieces,
-        tgt_pieces,
-        out / "attention.png",
-        title="Transformer cross-attention (last layer, mean over heads)",
-    )
-    print(f"  {heatmap}")
+    heatmap = draw_attention(translator, sentence, out / "attention.png", beam=TEST_BEAM)
+    print(f"  {heatmap.path}")
 
     minutes = (time.monotonic() - started) / 60
     print(
