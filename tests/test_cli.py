@@ -73,6 +73,16 @@ def test_unknown_override_key(cli, tmp_path):
     assert_one_line_error(cli("train", str(path), "train.stepz=3"), "train.stepz")
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["train.schedule=linear", "train.valid_metric=blue", "train.precision=fp8"],
+)
+def test_unknown_training_choice_fails_before_any_work(cli, tmp_path, override):
+    path = write(tmp_path / "c.yaml", f"run: {{dir: {tmp_path / 'run'}}}\n")
+    assert_one_line_error(cli("train", str(path), override), override.split("=")[0])
+    assert not (tmp_path / "run").exists()
+
+
 def _config(tmp_path, src, tgt, **extra) -> str:
     lines = [
         f"run: {{dir: {tmp_path / 'run'}}}",

@@ -95,7 +95,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; CUDA only)
     log_every: int = 50
     valid_every: int = 500
-    valid_metric: str = "bleu"  # bleu | chrf | loss
+    valid_metric: str = "bleu"  # bleu | chrf | loss | rouge1 | rouge2 | rougeL
     patience: int = 10  # validations without improvement before stopping; 0 disables
     progress: bool = True
 

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from attnkit import runtime
-from attnkit.config import Config
+from attnkit.config import Config, TrainConfig
 from attnkit.data.batching import collate, make_batches
 from attnkit.models.build import build_model
 from attnkit.training.checkpoint import (
@@ -136,6 +136,40 @@ def _save_last(run: PreparedRun, model, optimizer, progress: Progress) -> None:
     save_checkpoint(run.dir / "checkpoints" / "last", model, info=info, train_state=state)
 
 
+class TrainingBar:
+    """The progress bar: steps toward `max_steps`, or, under a time budget, seconds toward it, so
+    that the time it shows as remaining is when training will really stop."""
+
+    def __init__(self, t: TrainConfig, progress: Progress) -> None:
+        self.budget = None if t.max_minutes is None else round(t.max_minutes * 60)
+        if self.budget is None:
+            total, initial, unit = t.max_steps, progress.step, "step"
+        else:
+            total, initial, unit = self.budget, min(round(progress.elapsed), self.budget), "s"
+        # Under a budget the rate (seconds per second) says nothing; the steps go in the postfix.
+        timed = "{l_bar}{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]"
+        self.bar = tqdm(
+            total=total,
+            initial=initial,
+            disable=not t.progress,
+            unit=unit,
+            dynamic_ncols=True,
+            bar_format=None if self.budget is None else timed,
+        )
+
+    def update(self, progress: Progress) -> None:
+        if self.budget is None:
+            self.bar.update(1)
+        else:
+            self.bar.update(min(round(progress.elapsed), self.budget) - self.bar.n)
+
+    def show(self, progress: Progress, **values: str) -> None:
+        self.bar.set_postfix(step=progress.step, **values)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class EventLog:
     """metrics.jsonl plus TensorBoard: one call records one event in both."""
 
@@ -175,13 +209,7 @@ def train(cfg: Config) -> TrainResult:
     log(
         f"model: {cfg.model.arch} {cfg.model.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, on {device}"
     )
-    bar = tqdm(
-        total=t.max_steps,
-        initial=progress.step,
-        disable=not t.progress,
-        unit="step",
-        dynamic_ncols=True,
-    )
+    bar = TrainingBar(t, progress)
     started, window_tokens, window_start, stopped_by = (
         time.monotonic(),
         0,
@@ -211,7 +239,7 @@ def train(cfg: Config) -> TrainResult:
         progress.step += 1
         progress.elapsed = elapsed_before + time.monotonic() - started
         window_tokens += n_tokens
-        bar.update(1)
+        bar.update(progress)
 
         if progress.step % t.log_every == 0 or progress.step == 1:
             rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
@@ -225,7 +253,9 @@ def train(cfg: Config) -> TrainResult:
                 tgt_tokens_per_s=rate,
                 elapsed=progress.elapsed,
             )
-            bar.set_postfix(loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+            bar.show(
+                progress, loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}"
+            )
             window_tokens, window_start = 0, time.monotonic()
 
         out_of_time = t.max_minutes is not None and progress.elapsed >= t.max_minutes * 60

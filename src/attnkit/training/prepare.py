@@ -92,9 +92,26 @@ def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> T
     )
 
 
+def check_choices(cfg: Config) -> None:
+    """Fail before any work when a training key names something that does not exist."""
+    from attnkit.training.schedule import SCHEDULES
+    from attnkit.training.validate import VALID_METRICS
+
+    for key, value, options in [
+        ("train.schedule", cfg.train.schedule, SCHEDULES),
+        ("train.valid_metric", cfg.train.valid_metric, VALID_METRICS),
+        ("train.precision", cfg.train.precision, ("auto", "fp32", "bf16", "fp16")),
+    ]:
+        if value not in options:
+            raise UserError(
+                f"{key}: unknown value '{value}' (expected one of: {', '.join(options)})"
+            )
+
+
 def prepare_run(cfg: Config) -> PreparedRun:
     """Check the config against the run directory, read the data, and tokenize it."""
     run_dir = Path(cfg.run.dir)
+    check_choices(cfg)
     check_compatible(run_dir, cfg)
     train_src, train_tgt = _read_pair(cfg.data.train_src, cfg.data.train_tgt, "train")
     valid_src, valid_ref = ([], [])

@@ -12,6 +12,8 @@ from attnkit.generation.translator import Translator
 from attnkit.training.loss import smoothed_nll
 
 LOWER_IS_BETTER = {"loss"}
+# What `train.valid_metric` may name; ROUGE (for summarization) is computed only when chosen.
+VALID_METRICS = ("bleu", "chrf", "loss", "rouge1", "rouge2", "rougeL")
 
 
 def better(score: float, best: float | None, metric: str) -> bool:
@@ -40,19 +42,22 @@ def validation_loss(model: torch.nn.Module, run, device: torch.device) -> float:
 
 
 def validate(run, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
-    """Loss, perplexity, BLEU and chrF on the run's validation set (beam search when decode.beam > 1)."""
+    """Loss, perplexity, BLEU, chrF (and ROUGE when it is the validation metric) on the run's
+    validation set, decoded with beam search when decode.beam > 1."""
     was_training = model.training
     model.eval()
     try:
         loss = validation_loss(model, run, device)
         translator = Translator(model, run.tokenizers, run.config, device)
         hyps = translator.translate_text(run.valid_src)
-        scores = corpus_scores(hyps, [run.valid_ref], ("bleu", "chrf"))
+        metrics = (
+            ("bleu", "chrf", "rouge")
+            if run.config.train.valid_metric.startswith("rouge")
+            else ("bleu", "chrf")
+        )
+        scores = corpus_scores(hyps, [run.valid_ref], metrics)
     finally:
         model.train(was_training)
-    return {
-        "loss": loss,
-        "ppl": math.exp(min(loss, 50.0)),
-        "bleu": scores["bleu"].score,
-        "chrf": scores["chrf"].score,
+    return {"loss": loss, "ppl": math.exp(min(loss, 50.0))} | {
+        name: score.score for name, score in scores.items()
     }
