@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm import tqdm
+
 from attnkit import config as config_lib
 from attnkit.config import Config
 from attnkit.data.corpus import TokenizedCorpus, read_parallel, tokenize_corpus
@@ -26,8 +28,9 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def log(message: str) -> None:
-    """Progress messages go to stderr, so stdout stays clean for results."""
-    print(message, file=sys.stderr, flush=True)
+    """Progress messages go to stderr, so stdout stays clean for results; `tqdm.write` puts them
+    above a progress bar rather than through it."""
+    tqdm.write(message, file=sys.stderr)
 
 
 @dataclass
