@@ -29,6 +29,7 @@ from attnkit.data.batching import collate, make_batches
 from attnkit.data.corpus import read_parallel, tokenize_corpus
 from attnkit.data.tokenizer import PAD_ID, train_tokenizers
 from attnkit.models.build import build_model
+from attnkit.models.transformer import sinusoids
 from attnkit.runtime import keep_freed_memory
 from attnkit.training.loss import smoothed_nll
 
@@ -46,11 +47,7 @@ class TorchTransformer(nn.Module):
         )
         self.out = nn.Linear(d_model, vocab, bias=False)
         self.out.weight = self.embed.weight
-        position = torch.arange(512).unsqueeze(1)
-        div = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
-        table = torch.zeros(512, d_model)
-        table[:, 0::2], table[:, 1::2] = torch.sin(position * div), torch.cos(position * div)
-        self.register_buffer("positions", table, persistent=False)
+        self.register_buffer("positions", sinusoids(512, d_model), persistent=False)
         self.scale = math.sqrt(d_model)
 
     def forward(self, src, src_mask, tgt_in):

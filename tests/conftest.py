@@ -47,3 +47,21 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def decode_step_by_step(model, src, tgt, *, need_attention=False):
+    """Log-probs (B, T, V) and attention from `decode_step` over the prefix `tgt`, one token at
+    a time, to compare with teacher forcing; any architecture of the model protocol."""
+    import torch
+
+    from attnkit.models.protocol import padding_mask
+
+    memory = model.encode(src, padding_mask(src))
+    state = model.init_state(memory)
+    log_probs, attention = [], []
+    for t in range(tgt.size(1)):
+        step = model.decode_step(memory, state, tgt[:, t], need_attention=need_attention)
+        log_probs.append(step.log_probs)
+        attention.append(step.attention)
+        state = step.state
+    return torch.stack(log_probs, 1), attention

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import decode_step_by_step
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from attnkit.config import ModelConfig
@@ -27,6 +28,7 @@ from attnkit.models.rnn import (
 )
 
 ROOT = Path(__file__).resolve().parent.parent
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 V = 23
@@ -141,19 +143,6 @@ def test_final_states_are_where_each_direction_ended(bidirectional):
         _, final = model.encoder.rnn(packed)  # (directions, B, D): the cell's own last states
     expected = torch.cat(list(final), dim=-1)  # (B, directions * D)
     torch.testing.assert_close(final_states(memory, bidirectional), expected)
-
-
-def decode_step_by_step(model, src, tgt, *, need_attention=False):
-    """Log-probs (B, T, V) and attention from decode_step over the prefix `tgt`."""
-    memory = model.encode(src, padding_mask(src))
-    state = model.init_state(memory)
-    log_probs, attention = [], []
-    for t in range(tgt.size(1)):
-        step = model.decode_step(memory, state, tgt[:, t], need_attention=need_attention)
-        log_probs.append(step.log_probs)
-        attention.append(step.attention)
-        state = step.state
-    return torch.stack(log_probs, 1), attention
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

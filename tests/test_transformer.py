@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import decode_step_by_step
 
 from attnkit.models.protocol import padding_mask
 from attnkit.models.transformer import TRANSFORMER_PRESETS, Transformer
@@ -117,19 +118,6 @@ def test_untied_embeddings_are_three_tensors():
     assert len(pointers) == 3
 
 
-def decode_token_by_token(model, src, tgt, *, need_attention=False):
-    """Log-probs (B, T, V) and last-layer attention from decode_step over the prefix `tgt`."""
-    memory = model.encode(src, padding_mask(src))
-    state = model.init_state(memory)
-    log_probs, attention = [], []
-    for t in range(tgt.size(1)):
-        step = model.decode_step(memory, state, tgt[:, t], need_attention=need_attention)
-        log_probs.append(step.log_probs)
-        attention.append(step.attention)
-        state = step.state
-    return torch.stack(log_probs, 1), attention, state
-
-
 @pytest.mark.parametrize("options", MODELS)
 def test_cached_decoding_equals_teacher_forcing(options):
     model = tiny(**options)
@@ -137,7 +125,7 @@ def test_cached_decoding_equals_teacher_forcing(options):
     tgt = tokens(2, 20, seed=1)  # past the cache's first capacity, so it grows
     expected = F.log_softmax(model(src, padding_mask(src), tgt), dim=-1)
     with torch.no_grad():
-        log_probs, _, _ = decode_token_by_token(model, src, tgt)
+        log_probs, _ = decode_step_by_step(model, src, tgt)
     assert log_probs.dtype == torch.float32
     torch.testing.assert_close(log_probs, expected, atol=1e-5, rtol=0)
 
@@ -147,7 +135,7 @@ def test_decode_step_attention_is_last_layer_averaged_over_heads():
     src = torch.stack([tokens(1, 5)[0], pad_to(tokens(1, 3, seed=3)[0], 5)])
     tgt = tokens(2, 4, seed=1)
     with torch.no_grad():
-        _, attention, _ = decode_token_by_token(model, src, tgt, need_attention=True)
+        _, attention = decode_step_by_step(model, src, tgt, need_attention=True)
         expected = model.cross_attention(src, padding_mask(src), tgt)[-1].mean(1)  # (B, T, S)
     torch.testing.assert_close(torch.stack(attention, 1), expected, atol=1e-5, rtol=0)
     memory = model.encode(src, padding_mask(src))
@@ -169,7 +157,7 @@ def test_reordered_state_decodes_like_those_rows():
             step = model.decode_step(memory, state, tgt[indices, t])
             reordered.append(step.log_probs)
             state = step.state
-        expected, _, _ = decode_token_by_token(model, src[indices], tgt[indices])
+        expected, _ = decode_step_by_step(model, src[indices], tgt[indices])
     torch.testing.assert_close(torch.stack(reordered, 1), expected[:, 3:], atol=1e-5, rtol=0)
 
 
@@ -183,7 +171,7 @@ def test_one_state_continued_two_ways_gives_both_results():
         first = model.decode_step(memory, state, tgt[:, 1]).state
         model.decode_step(memory, state, tgt[:, 2])  # a second continuation of `state`
         after_first = model.decode_step(memory, first, tgt[:, 2]).log_probs
-        expected, _, _ = decode_token_by_token(model, src, tgt[:, :3])
+        expected, _ = decode_step_by_step(model, src, tgt[:, :3])
     torch.testing.assert_close(after_first, expected[:, 2], atol=1e-5, rtol=0)
 
 
@@ -247,17 +235,7 @@ def test_small_preset_has_about_seven_and_a_half_million_parameters():
 
 @pytest.mark.slow
 def test_tiny_model_overfits_a_few_batches():
-    torch.manual_seed(0)
-    model = Transformer(
-        src_vocab=V,
-        tgt_vocab=V,
-        d_model=32,
-        n_heads=4,
-        d_ff=64,
-        encoder_layers=1,
-        decoder_layers=1,
-        dropout=0.0,
-    )
+    model = tiny(encoder_layers=1, decoder_layers=1, dropout=0.0).train()
     batches = []
     for seed in range(3):
         src = tokens(8, 7, seed=seed)

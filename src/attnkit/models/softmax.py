@@ -17,6 +17,11 @@ from torch import Tensor
 FLOOR = -80.0  # exp(FLOOR) is a normal float32; anything below adds nothing to a sum with 1
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """`x` in float32, or unchanged when it is already float32 or wider (float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def exp_shifted(x: Tensor, shift: Tensor) -> Tensor:
     """exp(x - shift) in a new tensor, with x - shift clamped at FLOOR; `shift` is (..., 1)."""
     return (x - shift).clamp_(min=FLOOR).exp_()
@@ -30,5 +35,5 @@ def logsumexp(x: Tensor) -> Tensor:
 
 def log_softmax(x: Tensor) -> Tensor:
     """log_softmax over the last dimension, in float32 or wider."""
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    x = at_least_fp32(x)
     return x - logsumexp(x).unsqueeze(-1)

@@ -21,11 +21,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 from attnkit.data.tokenizer import PAD_ID
-from attnkit.models.softmax import exp_shifted, logsumexp
-
-
-def _at_least_fp32(x: Tensor) -> Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
+from attnkit.models.softmax import at_least_fp32, exp_shifted, logsumexp
 
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
@@ -35,7 +31,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     def forward(
         ctx: FunctionCtx, logits: Tensor, target: Tensor, smoothing: float
     ) -> tuple[Tensor, Tensor]:
-        x = _at_least_fp32(logits)  # (N, V); a no-op in fp32
+        x = at_least_fp32(logits)  # (N, V); a no-op in fp32
         real = target.ne(PAD_ID).to(x.dtype)  # (N,)
         lse = logsumexp(x)  # (N,)
         nll = lse - x.gather(1, target[:, None]).squeeze(1)  # (N,)
@@ -50,7 +46,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_loss: Tensor, _grad_nll: Tensor) -> tuple:
         logits, target, lse, real = ctx.saved_tensors
         smoothing = ctx.smoothing
-        grad = exp_shifted(_at_least_fp32(logits), lse[:, None])  # softmax (N, V), written once
+        grad = exp_shifted(at_least_fp32(logits), lse[:, None])  # softmax (N, V), written once
         if smoothing:
             grad.sub_(smoothing / logits.size(-1))
         on_target = grad.new_full((grad.size(0), 1), -(1.0 - smoothing))
