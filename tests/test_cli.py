@@ -49,10 +49,9 @@ def test_data_synth_rejects_bad_size(cli, tmp_path):
     assert_one_line_error(cli("data", "synth", "--out", str(tmp_path), "--size", "0"), "--size")
 
 
-@pytest.mark.parametrize("name", ["study", "serve", "export"])
+@pytest.mark.parametrize("name", ["serve", "export"])
 def test_unfinished_commands_say_so(cli, tmp_path, name):
     args = {
-        "study": ["study"],
         "serve": ["serve", "r"],
         "export": ["export", "r", "--to", "hf", "o"],
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import write
+from conftest import ROOT, write
 
 from attnkit import config as config_lib
 from attnkit.errors import UserError
@@ -99,3 +99,17 @@ def test_resolved_config_round_trips(tmp_path):
     text = (tmp_path / "run" / "config.yaml").read_text()
     assert "label_smoothing" in text  # every default is written out
     assert config_lib.load(tmp_path / "run" / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_loads_and_names_its_command(recipe):
+    from attnkit.training.prepare import check_choices
+
+    path = ROOT / "configs" / recipe
+    check_choices(config_lib.load(path))  # every key exists, has its type, names a known choice
+    header = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        header.append(line)
+    assert header and any("attnkit " in line for line in header), "no command in the header"

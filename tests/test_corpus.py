@@ -210,12 +210,60 @@ def test_tokenize_corpus_drops_and_counts_empty_and_long_pairs():
     assert corpus.src.dtype == np.uint16 and corpus.src_offsets.dtype == np.int64
 
 
+def test_truncate_source_keeps_the_pair_cut_to_max_len_and_counts_it():
+    src = ["a b c d e f g", "a b", "a b c d e f", "x y z", ""]
+    tgt = ["d e", "x", "p q r s t u", "y", "z"]
+    # 0: source cut to 5 and kept; 2: target too long, dropped (not counted as truncated); 4: empty
+    corpus, report = tokenize_corpus(
+        src, tgt, WordTokenizer(), WordTokenizer(), max_len=5, truncate_source=True
+    )
+    assert report == FilterReport(kept=3, empty=1, too_long=1, max_len=5, truncated=1)
+    assert report.describe() == (
+        "kept 3 of 5 pairs; dropped 1 empty, 1 longer than 5 tokens; "
+        "truncated 1 source longer than 5 tokens"
+    )
+    assert corpus.src_lengths().tolist() == [5, 2, 3]
+    assert corpus.tgt_lengths().tolist() == [2, 1, 1]
+    src_ids, tgt_ids = corpus.pair(0)
+    assert src_ids.tolist() == WordTokenizer().encode(["a b c d e"])[0]
+    assert tgt_ids.tolist() == WordTokenizer().encode(["d e"])[0]
+
+
+def test_truncate_source_is_off_by_default():
+    from attnkit.config import DataConfig
+
+    assert DataConfig().truncate_source is False
+    corpus, report = tokenize_corpus(
+        ["a b c d e f g"], ["x"], WordTokenizer(), WordTokenizer(), max_len=5
+    )
+    assert len(corpus) == 0 and report.too_long == 1 and report.truncated == 0
+
+
+def test_truncate_source_chunks_give_the_same_result():
+    rng = np.random.default_rng(1)
+    words = ["w" + str(i) for i in range(50)]
+    src = [" ".join(rng.choice(words, rng.integers(0, 12))) for _ in range(200)]
+    tgt = [" ".join(rng.choice(words, rng.integers(0, 8))) for _ in range(200)]
+    tok = WordTokenizer()
+    small, small_report = tokenize_corpus(
+        src, tgt, tok, tok, max_len=6, truncate_source=True, batch=7
+    )
+    whole, whole_report = tokenize_corpus(src, tgt, tok, tok, max_len=6, truncate_source=True)
+    assert small_report == whole_report and small_report.truncated > 0
+    assert small.src_lengths().max() == 6
+    for name in ("src", "src_offsets", "tgt", "tgt_offsets"):
+        assert np.array_equal(getattr(small, name), getattr(whole, name))
+
+
 def test_describe_with_nothing_dropped_and_thousands():
     report = FilterReport(kept=28_990, empty=3, too_long=7, max_len=256)
     assert report.describe() == (
         "kept 28,990 of 29,000 pairs; dropped 3 empty, 7 longer than 256 tokens"
     )
     assert FilterReport(5, 0, 0, 10).describe() == "kept 5 of 5 pairs; dropped none"
+    assert FilterReport(1_240, 0, 0, 512, truncated=1_234).describe() == (
+        "kept 1,240 of 1,240 pairs; dropped none; truncated 1,234 sources longer than 512 tokens"
+    )
 
 
 def test_tokenize_corpus_chunks_give_the_same_result():

@@ -100,6 +100,29 @@ def test_translate_too_long_input_is_an_error_or_split(trained_run, cli):
 
 
 @pytest.mark.slow
+def test_translate_truncates_long_input_when_the_run_was_trained_so(trained_run, cli):
+    import shutil
+
+    import yaml
+
+    run = trained_run / "run_truncating"
+    shutil.copytree(trained_run / "run", run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    cfg["data"]["truncate_source"] = True
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    long_line = " ".join(["the small cat"] * 80)
+    text = f"{long_line}\nThe cat is small.\n{long_line}\n"
+    result = cli("translate", str(run), "--beam", "1", stdin=text)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3
+    warnings = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warnings == [
+        "attnkit: warning: truncated 2 input lines longer than 128 tokens to their first 128 "
+        "(data.truncate_source)"
+    ]
+
+
+@pytest.mark.slow
 def test_evaluate_prints_signatures(trained_run, cli):
     d = trained_run / "data"
     result = cli(

@@ -50,6 +50,7 @@ class DataConfig:
     spm_tgt: str | None = None  # the target model when joint_vocab is false
     user_symbols: tuple[str, ...] = ()  # pieces kept whole, e.g. speaker markers "#Person1#:"
     max_len: int = 256  # pairs longer than this (in tokens, either side) are dropped from training
+    truncate_source: bool = False  # cut longer sources to max_len (and count them), not drop them
     tokenizer_sample: int = 2_000_000  # sentences sampled for SentencePiece training
 
 
@@ -97,6 +98,7 @@ class TrainConfig:
     valid_every: int = 500
     valid_metric: str = "bleu"  # bleu | chrf | loss | rouge1 | rouge2 | rougeL
     patience: int = 10  # validations without improvement before stopping; 0 disables
+    keep_checkpoints: int = 0  # also keep step-N weights of the last N validations; 0: none
     progress: bool = True
 
 

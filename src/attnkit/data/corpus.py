@@ -235,15 +235,17 @@ _ARRAYS = ("src", "src_offsets", "tgt", "tgt_offsets")
 
 @dataclass(frozen=True)
 class FilterReport:
-    """How many pairs `tokenize_corpus` kept and why it dropped the others.
+    """How many pairs `tokenize_corpus` kept, why it dropped the others, and how many it cut.
 
-    `describe()` reads "kept 28,990 of 29,000 pairs; dropped 3 empty, 7 longer than 256 tokens".
+    `describe()` reads "kept 28,990 of 29,000 pairs; dropped 3 empty, 7 longer than 256 tokens",
+    followed by "; truncated 1,234 sources longer than 256 tokens" when sources were cut.
     """
 
     kept: int
     empty: int
     too_long: int
     max_len: int
+    truncated: int = 0  # kept pairs whose source was cut to max_len tokens (truncate_source)
 
     @property
     def total(self) -> int:
@@ -258,7 +260,11 @@ class FilterReport:
         if self.too_long:
             dropped.append(f"{self.too_long:,} longer than {self.max_len:,} tokens")
         reasons = ", ".join(dropped) if dropped else "none"
-        return f"kept {self.kept:,} of {self.total:,} pairs; dropped {reasons}"
+        line = f"kept {self.kept:,} of {self.total:,} pairs; dropped {reasons}"
+        if self.truncated:
+            sources = "source" if self.truncated == 1 else "sources"
+            line += f"; truncated {self.truncated:,} {sources} longer than {self.max_len:,} tokens"
+        return line
 
 
 def tokenize_corpus(
@@ -268,6 +274,7 @@ def tokenize_corpus(
     tgt_tok: Tokenizer,
     *,
     max_len: int,
+    truncate_source: bool = False,
     batch: int = 10000,
     progress: bool = False,
 ) -> tuple[TokenizedCorpus, FilterReport]:
@@ -276,13 +283,15 @@ def tokenize_corpus(
     A pair is dropped as empty when either side is blank (only whitespace, or no tokens), and as
     too long when either side has more than `max_len` tokens, counted without BOS/EOS (so the
     model sees at most `max_len + 1` positions a side). A pair that is both counts as empty.
+    With `truncate_source`, a source over `max_len` tokens is cut to its first `max_len` and the
+    pair kept (and counted as truncated); a target over the limit still drops the pair.
     Lines are encoded `batch` at a time so that only the ids of one chunk exist as Python lists.
     """
     if len(src_lines) != len(tgt_lines):
         raise ValueError(f"{len(src_lines)} source lines but {len(tgt_lines)} target lines")
     dtype = np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) <= 2**16 else np.int32
     chunks: dict[str, list[np.ndarray]] = {"src": [], "tgt": [], "src_len": [], "tgt_len": []}
-    empty = too_long = 0
+    empty = too_long = truncated = 0
     starts = range(0, len(src_lines), batch)
     for start in tqdm(starts, desc="tokenize", unit="chunk", disable=not progress, file=sys.stderr):
         sources, targets = src_lines[start : start + batch], tgt_lines[start : start + batch]
@@ -294,10 +303,14 @@ def tokenize_corpus(
             count=len(sources),
         )
         is_empty = blank | (src_len == 0) | (tgt_len == 0)
-        is_long = ~is_empty & ((src_len > max_len) | (tgt_len > max_len))
+        src_over, tgt_over = src_len > max_len, tgt_len > max_len
+        is_long = ~is_empty & (tgt_over if truncate_source else src_over | tgt_over)
         keep = ~(is_empty | is_long)
         empty += int(is_empty.sum())
         too_long += int(is_long.sum())
+        if truncate_source:
+            truncated += int((keep & src_over).sum())
+            src_ids, src_len = _cut(src_ids, src_len, max_len)
         chunks["src"].append(src_ids[np.repeat(keep, src_len)])
         chunks["tgt"].append(tgt_ids[np.repeat(keep, tgt_len)])
         chunks["src_len"].append(src_len[keep])
@@ -308,8 +321,16 @@ def tokenize_corpus(
         tgt=np.concatenate(chunks["tgt"]) if chunks["tgt"] else np.zeros(0, dtype),
         tgt_offsets=_offsets(chunks["tgt_len"]),
     )
-    report = FilterReport(kept=len(corpus), empty=empty, too_long=too_long, max_len=max_len)
+    report = FilterReport(
+        kept=len(corpus), empty=empty, too_long=too_long, max_len=max_len, truncated=truncated
+    )
     return corpus, report
+
+
+def _cut(flat: np.ndarray, lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ids and lengths with every sequence cut to its first `max_len` ids."""
+    position = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return flat[position < max_len], np.minimum(lengths, max_len)
 
 
 def _flatten(ids: list[list[int]], dtype: type) -> tuple[np.ndarray, np.ndarray]:

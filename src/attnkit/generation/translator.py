@@ -3,7 +3,8 @@
 `Translator` serves validation, `attnkit translate`, `evaluate` and the demo. It batches inputs
 by length under a token budget, decodes with greedy or beam search, and returns results in input
 order. An empty input line gives an empty output; an input over the model's length limit is an
-error or is split into pieces, never silently cut.
+error or is split into pieces, or, for a run trained with `data.truncate_source`, cut to the
+limit with a warning on stderr; never silently cut.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Translator:
     ) -> None:
         self.model, self.tokenizers, self.config, self.device = model, tokenizers, config, device
         self.max_len = config.data.max_len
+        self.truncated = 0  # input lines cut to max_len so far (data.truncate_source)
 
     @classmethod
     def from_run(
@@ -65,6 +67,10 @@ class Translator:
             raise UserError(f"{run_dir} is not an attnkit run directory (no config.yaml)")
         cfg = config_lib.load(run_dir / "config.yaml")
         found = find_checkpoint(run_dir / "checkpoints" / checkpoint)
+        if found is None and checkpoint == "averaged":
+            raise UserError(
+                f"{run_dir} has no averaged checkpoint: make one with `attnkit average {run_dir}`"
+            )
         if found is None:
             found = find_checkpoint(run_dir / "checkpoints" / "last")
         if found is None:
@@ -83,9 +89,13 @@ class Translator:
         return cls(model, tokenizers, cfg, target)
 
     def _pieces(self, number: int, line: str, ids: list[int], too_long: str) -> list[list[int]]:
-        """The token ids to decode for one line: itself, or pieces of it split at spaces."""
+        """The token ids to decode for one line: itself, its first max_len tokens (when the run was
+        trained with data.truncate_source), or pieces of it split at spaces."""
         if len(ids) <= self.max_len:
             return [ids]
+        if self.config.data.truncate_source:
+            self.truncated += 1
+            return [ids[: self.max_len]]
         if too_long == "error":
             raise UserError(
                 f"input line {number} has {len(ids)} tokens, over the model's limit of "
@@ -167,8 +177,21 @@ class Translator:
         return out
 
     def translate_text(self, lines: list[str], **options) -> list[str]:
-        """The best translation of each line, as text."""
-        return [hyps[0].text for hyps in self.translate(lines, **options)]
+        """The best translation of each line, as text; warns on stderr if it cut any line."""
+        truncated_before = self.truncated
+        texts = [hyps[0].text for hyps in self.translate(lines, **options)]
+        warn_truncated(self.truncated - truncated_before, self.max_len)
+        return texts
+
+
+def warn_truncated(count: int, max_len: int) -> None:
+    """One line on stderr when `count` input lines were cut to `max_len` tokens."""
+    if count:
+        tqdm.write(
+            f"attnkit: warning: truncated {count:,} input line{'s' if count != 1 else ''} "
+            f"longer than {max_len:,} tokens to their first {max_len:,} (data.truncate_source)",
+            file=sys.stderr,
+        )
 
 
 def _join(parts: list[Translation]) -> Translation:
@@ -238,3 +261,4 @@ def translate_command(args: argparse.Namespace) -> None:
     if tmp:
         handle.close()
         os.replace(tmp, args.output)
+    warn_truncated(translator.truncated, translator.max_len)

@@ -26,7 +26,7 @@ def _fit(weights: Tensor, rows: int, columns: int) -> np.ndarray:
     return fitted
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the Agg backend, which needs no display."""
     import matplotlib
 
@@ -38,7 +38,7 @@ def _pyplot():
 
 def _save(fig, path: str | Path) -> Path:
     """Write `fig` to `path` through a temporary file in the same folder; close the figure."""
-    plt = _pyplot()
+    plt = pyplot()
     path = Path(path)
     image_format = path.suffix.lstrip(".").lower()
     if image_format not in IMAGE_FORMATS:
@@ -64,7 +64,7 @@ def plot_attention(
     title: str = "cross-attention",
 ) -> Path:
     """Draw weights (T, S) as a heatmap, rows labelled by output pieces, columns by source pieces."""
-    plt = _pyplot()
+    plt = pyplot()
     grid = _fit(weights, len(tgt_pieces), len(src_pieces))
     width = max(4.0, 0.45 * len(src_pieces) + 1.5)
     height = max(3.0, 0.40 * len(tgt_pieces) + 1.5)
@@ -92,7 +92,7 @@ def plot_attention_grid(
     Only the left column carries the output labels and only the bottom row the source labels;
     all panels share one colour scale, shown once on the right.
     """
-    plt = _pyplot()
+    plt = pyplot()
     layers, heads = weights.shape[:2]
     cell_width = max(1.8, 0.22 * len(src_pieces) + 0.8)
     cell_height = max(1.5, 0.20 * len(tgt_pieces) + 0.8)

@@ -1,22 +1,26 @@
 """Checkpoints: safetensors weights plus training state, each directory replaced atomically.
 
-A checkpoint directory (`checkpoints/last`, `checkpoints/best`) is written whole into a sibling
-`NAME.new`, then swapped in with two renames; a run killed at any moment leaves either the old or
-the new checkpoint complete (`NAME.old` covers the instant between the renames). Weights are
-safetensors; the training state is loaded with `torch.load(weights_only=True)`.
+A checkpoint directory (`checkpoints/last`, `checkpoints/best`, `checkpoints/step-0001500`,
+`checkpoints/averaged`) is written whole into a sibling `NAME.new`, then swapped in with two
+renames; a run killed at any moment leaves either the old or the new checkpoint complete
+(`NAME.old` covers the instant between the renames). Weights are safetensors; the training state
+is loaded with `torch.load(weights_only=True)`. Step checkpoints (`train.keep_checkpoints`) hold
+weights only and are there to be averaged.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from attnkit.errors import UserError
@@ -24,6 +28,7 @@ from attnkit.errors import UserError
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.pt"
 INFO = "info.json"
+STEP_NAME = re.compile(r"step-(\d+)")  # checkpoints/step-0001500: weights after step 1500
 
 
 def _fsync_dir(path: Path) -> None:
@@ -38,16 +43,37 @@ def save_checkpoint(
     directory: Path, model: nn.Module, *, info: dict[str, Any], train_state: dict | None = None
 ) -> None:
     """Write weights (and optionally training state) to `directory`, replacing it atomically."""
-    directory = Path(directory)
+
+    def write(new: Path) -> None:
+        save_model(model, str(new / WEIGHTS))  # handles tied (shared) tensors
+        if train_state is not None:
+            torch.save(train_state, new / TRAIN_STATE)
+
+    _replace_directory(Path(directory), write, info)
+
+
+def save_tensors(
+    directory: Path, tensors: dict[str, torch.Tensor], *, info: dict[str, Any]
+) -> None:
+    """Write a state dict of weights, as `save_checkpoint` would, replacing `directory` atomically.
+
+    The names must be those a `save_checkpoint` file holds (one name per tied tensor)."""
+
+    def write(new: Path) -> None:
+        save_file(tensors, str(new / WEIGHTS), metadata={"format": "pt"})
+
+    _replace_directory(Path(directory), write, info)
+
+
+def _replace_directory(directory: Path, write: Callable[[Path], None], info: dict) -> None:
+    """Fill `directory`.new with `write` and the info record, then swap it in for `directory`."""
     new, old = (
         directory.with_name(directory.name + ".new"),
         directory.with_name(directory.name + ".old"),
     )
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
-    save_model(model, str(new / WEIGHTS))  # handles tied (shared) tensors
-    if train_state is not None:
-        torch.save(train_state, new / TRAIN_STATE)
+    write(new)
     (new / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     for path in new.iterdir():
         with open(path, "rb") as handle:
@@ -58,6 +84,29 @@ def save_checkpoint(
     new.rename(directory)
     _fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def step_checkpoints(checkpoints: Path) -> list[Path]:
+    """The complete `step-N` checkpoints under a run's `checkpoints` folder, oldest step first."""
+    found = []
+    for path in Path(checkpoints).glob("step-*"):
+        match = STEP_NAME.fullmatch(path.name)
+        if match and find_checkpoint(path) == path:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def save_step_checkpoint(checkpoints: Path, model: nn.Module, *, step: int, keep: int) -> Path:
+    """Save the weights as `step-{step:07d}`, then delete the oldest step checkpoints beyond `keep`."""
+    directory = Path(checkpoints) / f"step-{step:07d}"
+    save_checkpoint(directory, model, info={"step": step})
+    for doomed in Path(checkpoints).glob("step-*.delete"):  # left by a run killed while deleting
+        shutil.rmtree(doomed)
+    for stale in step_checkpoints(checkpoints)[:-keep]:
+        doomed = stale.with_name(stale.name + ".delete")
+        stale.rename(doomed)  # first, so that a half-deleted folder never passes for a checkpoint
+        shutil.rmtree(doomed)
+    return directory
 
 
 def find_checkpoint(directory: Path) -> Path | None:

@@ -26,6 +26,7 @@ from attnkit.training.checkpoint import (
     load_train_state,
     load_weights,
     save_checkpoint,
+    save_step_checkpoint,
 )
 from attnkit.training.loss import smoothed_nll
 from attnkit.training.prepare import PreparedRun, log, prepare_run
@@ -274,7 +275,8 @@ def train(cfg: Config) -> TrainResult:
 
 
 def _validate_and_checkpoint(run, model, optimizer, progress: Progress, events, device) -> bool:
-    """Validate, keep the best weights, save the last checkpoint; True when patience ran out."""
+    """Validate, keep the best weights, save the last checkpoint (and a step checkpoint when
+    train.keep_checkpoints asks for them); True when patience ran out."""
     t = run.config.train
     scores = validate(run, model, device) if run.valid is not None else {}
     if scores:
@@ -288,4 +290,8 @@ def _validate_and_checkpoint(run, model, optimizer, progress: Progress, events, 
     else:
         progress.bad_validations += 1
     _save_last(run, model, optimizer, progress)
+    if t.keep_checkpoints > 0:
+        save_step_checkpoint(
+            run.dir / "checkpoints", model, step=progress.step, keep=t.keep_checkpoints
+        )
     return t.patience > 0 and progress.bad_validations >= t.patience

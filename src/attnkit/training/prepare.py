@@ -125,7 +125,12 @@ def prepare_run(cfg: Config) -> PreparedRun:
     config_lib.save(cfg, run_dir / CONFIG_FILE)
     tokenizers = _tokenizers(cfg, run_dir, train_src, train_tgt)
     train, report = tokenize_corpus(
-        train_src, train_tgt, tokenizers.src, tokenizers.tgt, max_len=cfg.data.max_len
+        train_src,
+        train_tgt,
+        tokenizers.src,
+        tokenizers.tgt,
+        max_len=cfg.data.max_len,
+        truncate_source=cfg.data.truncate_source,
     )
     log(f"training data: {report.describe()}")
     if len(train) == 0:
