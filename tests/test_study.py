@@ -224,6 +224,13 @@ def test_study_writes_a_report_with_every_section(tmp_path):
     assert f"Transformer {recall_at_16['accuracy']:.2f}" in sections["distance"]["verdict"][0]
     bleu = sections["length"]["data"]["bleu"]["lstm"]
     assert f"LSTM {bleu[-1]:.1f}" in sections["length"]["verdict"][0]
+    labels = {"rnn": "RNN (tanh)", "lstm": "LSTM", "gru_bahdanau": "GRU + Bahdanau"}
+    labels["transformer"] = "Transformer"
+    untrained = [k for k, score in sections["length"]["data"]["bleu_overall"].items() if score < 5]
+    caveat = [line for line in sections["length"]["verdict"] if "not learned" in line]
+    assert bool(caveat) == bool(untrained)
+    for key in untrained:
+        assert labels[key] in caveat[0]
     assert (tmp_path / "study" / "figures" / "distance.png").stat().st_size > 1000
     assert (tmp_path / "study" / "runs" / "transformer" / "config.yaml").is_file()
 

@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the same size on a key-recall probe and on translation, then measure recall against "
         "distance, BLEU against sentence length, gradient norms against distance and training "
         "time against sequence length. Writes OUT/report.html (self-contained), OUT/study.json "
-        "(every figure) and OUT/figures/*.png. The full mode takes about 1.5 hours on 2 CPU "
-        "cores; --quick about 10 minutes.",
+        "(every figure) and OUT/figures/*.png. The full mode takes about an hour on 2 CPU "
+        "cores; --quick under 10 minutes.",
     )
     p.add_argument("--quick", action="store_true", help="short training, fewer test sentences")
     p.add_argument("--out", default="runs/study", help="output folder (default: runs/study)")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from attnkit.study.heatmap import pyplot
 
+MARKERS, DASHES = "os^D", ("-", "--", "-.", ":")
 Series = dict[str, tuple[Sequence[float], Sequence[float]]]  # label -> (x values, y values)
 
 
@@ -22,11 +23,13 @@ def _png(fig) -> bytes:
 
 
 def _draw(axes, series: Series, *, xlabel: str, ylabel: str, logx: bool, logy: bool) -> None:
-    for label, (xs, ys) in series.items():
+    for i, (label, (xs, ys)) in enumerate(series.items()):
         points = [(x, y) for x, y in zip(xs, ys, strict=True) if not (logy and not y > 0)]
         points = [(x, y) for x, y in points if not math.isnan(y)]
         if points:
-            axes.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+            # Markers and dashes differ too, so that lines lying on top of each other show.
+            style = dict(marker=MARKERS[i % len(MARKERS)], linestyle=DASHES[i % len(DASHES)])
+            axes.plot(*zip(*points, strict=True), markersize=3, label=label, **style)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if logx:

@@ -30,6 +30,7 @@ from attnkit.training.prepare import log
 BUILTIN_VOCAB, USER_VOCAB = 1000, 8000
 USER_TEST_SHARE, USER_TEST_MAX = 0.1, 2000  # held out from the user's corpus for testing
 ATTENTION_SENTENCES = 50  # test sentences behind the attention statistics
+UNTRAINED_BLEU = 5  # below this on the whole test set, a model has not learned to translate
 
 
 def bucket_names(edges: tuple[int, ...]) -> list[str]:
@@ -123,8 +124,10 @@ def length_section(
     buckets = [bucket_of(s, edges) for s, _ in test]
     counts = [buckets.count(b) for b in range(len(names))]
     scores: dict[str, list[float | None]] = {}
+    overall: dict[str, float] = {}
     for c in contenders:
         hyps = translators[c.key].translate_text([s for s, _ in test], beam=settings.beam)
+        overall[c.key] = corpus_scores(hyps, [[t for _, t in test]], ("bleu",))["bleu"].score
         scores[c.key] = []
         for b in range(len(names)):
             chosen = [i for i, bucket in enumerate(buckets) if bucket == b]
@@ -149,6 +152,15 @@ def length_section(
         )
         + "."
     )
+    untrained = [c.label for c in contenders if overall[c.key] < UNTRAINED_BLEU]
+    if untrained:
+        verdict.append(
+            f"{', '.join(untrained)} scored under {UNTRAINED_BLEU} BLEU on the whole test set: "
+            f"after {settings.train_minutes:g} minutes {'it has' if len(untrained) == 1 else 'they have'} "
+            "not learned to translate yet, so the length curve says nothing about "
+            f"{'it' if len(untrained) == 1 else 'them'}; give each model more time "
+            "(--train-minutes, or the full mode)."
+        )
     series = {c.label: (filled, [scores[c.key][b] for b in filled]) for c in contenders}
     plot = line_plot(
         series,
@@ -162,7 +174,13 @@ def length_section(
         claim="Without attention the decoder sees the source only through one final state, so "
         "quality falls on long sentences; with attention it holds (Bahdanau et al. 2015, Fig. 2).",
         verdict=verdict,
-        data={"buckets": names, "sentences": counts, "bleu": scores, "corpus": corpus},
+        data={
+            "buckets": names,
+            "sentences": counts,
+            "bleu": scores,
+            "bleu_overall": {key: round(score, 2) for key, score in overall.items()},
+            "corpus": corpus,
+        },
         header=["model", *(f"{n} words ({counts[b]})" for b, n in enumerate(names))],
         rows=[
             [c.label, *("-" if s is None else f"{s:.1f}" for s in scores[c.key])]
