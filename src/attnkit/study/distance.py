@@ -1,20 +1,21 @@
-"""Sections 1 and 3 of the study, both on the key-recall probe: recall against the distance the
-value must travel, and the gradient that reaches each source position (vanishing gradient)."""
+"""Section 1 of the study, and the measurements behind section 3: every contender trained on the
+key-recall probe, its recall against the distance the value must travel, and the gradient that
+reaches each source position before and after training (`vanishing.py` makes section 3)."""
 
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
 from attnkit.models.build import build_model
 from attnkit.study.contenders import Contender
 from attnkit.study.gradients import source_gradient_norms
-from attnkit.study.plots import line_plot, panel_plot
+from attnkit.study.plots import line_plot
 from attnkit.study.probe import FitResult, RecallProbe, fit, recall_curve
 from attnkit.study.report import Figure, Section
 from attnkit.study.settings import StudySettings
+from attnkit.study.vanishing import gradient_section
 
 GRADIENT_ROWS = 32  # probe examples per gradient measurement
 
@@ -68,7 +69,7 @@ def probe_sections(contenders: list[Contender], settings: StudySettings) -> list
     measured = {c.key: _measure(c, probe, settings) for c in contenders}
     return [
         distance_section(contenders, measured, probe, settings),
-        gradient_section(contenders, measured, settings),
+        gradient_section(contenders, measured, settings, rows=GRADIENT_ROWS),
     ]
 
 
@@ -81,21 +82,19 @@ def _reach(entry: dict, level: float = 0.9) -> int | None:
     return max((r["distance"] for r in entry["recall"] if r["accuracy"] >= level), default=None)
 
 
-def distance_section(
-    contenders: list[Contender], measured: dict, probe: RecallProbe, settings: StudySettings
-) -> Section:
-    """Recall against distance: a table, a plot and the verdict."""
-    longest = settings.longest
+def _distance_verdict(
+    contenders: list[Contender], measured: dict, longest: int, chance: float
+) -> list[str]:
     at_longest = ", ".join(
         f"{c.label} {_accuracy_at(measured[c.key], longest):.2f}" for c in contenders
     )
-    verdict = [f"At distance {longest}, recall is: {at_longest} (chance {1 / probe.vocab:.2f})."]
     reaches = [(c.label, _reach(measured[c.key])) for c in contenders]
-    verdict.append(
+    verdict = [
+        f"At distance {longest}, recall is: {at_longest} (chance {chance:.2f}).",
         "The longest distance at which recall is at least 0.90: "
         + ", ".join(f"{label} {reach if reach else 'none'}" for label, reach in reaches)
-        + "."
-    )
+        + ".",
+    ]
     attention = [
         (c.label, r["attention_on_value"])
         for c in contenders
@@ -109,6 +108,14 @@ def distance_section(
             + ", ".join(f"{label} {weight:.2f}" for label, weight in attention)
             + "."
         )
+    return verdict
+
+
+def distance_section(
+    contenders: list[Contender], measured: dict, probe: RecallProbe, settings: StudySettings
+) -> Section:
+    """Recall against distance: a table, a plot and the verdict."""
+    longest = settings.longest
     series = {
         c.label: (
             [r["distance"] for r in measured[c.key]["recall"]],
@@ -128,7 +135,7 @@ def distance_section(
         title="1. Distance: recalling a value across many tokens",
         claim="Attention gives every position direct access to every other; a recurrent "
         "decoder without attention must carry the value through every step in between.",
-        verdict=verdict,
+        verdict=_distance_verdict(contenders, measured, longest, 1 / probe.vocab),
         data={c.key: _without_training_logs(measured[c.key]) for c in contenders},
         header=["model", "parameters", "training steps", *map(str, settings.distances)],
         rows=[
@@ -155,132 +162,3 @@ def _without_training_logs(entry: dict) -> dict:
         for k, v in entry.items()
         if k not in ("layer_norms", "gradient_initial", "gradient_trained")
     }
-
-
-def _ratio(profile: list[float], distance: int) -> str:
-    """The gradient at `distance` relative to the gradient at distance 1, as text."""
-    if not profile[1] > 0:
-        return "undefined (no gradient 1 token back)"
-    ratio = profile[distance] / profile[1]
-    return f"{ratio:.2g}" if ratio > 0 else "0 (below the float range)"
-
-
-_LAYER_INDEX = re.compile(r"(\d+)$")
-
-
-def _end_layers(norms: dict[str, float]) -> tuple[str, str] | None:
-    """The first encoder layer and the last decoder layer among `norms`' names."""
-
-    def numbered(prefix: str) -> list[tuple[int, str]]:
-        return sorted(
-            (int(m.group(1)), name)
-            for name in norms
-            if name.startswith(prefix) and (m := _LAYER_INDEX.search(name))
-        )
-
-    encoder, decoder = numbered("encoder."), numbered("decoder.")
-    return (encoder[0][1], decoder[-1][1]) if encoder and decoder else None
-
-
-def gradient_section(
-    contenders: list[Contender], measured: dict, settings: StudySettings
-) -> Section:
-    """Gradient norm against distance at initialisation and after training, and per-layer
-    gradient norms over training."""
-    reach = min(len(measured[c.key]["gradient_initial"]) for c in contenders) - 1
-    far = max(d for d in (*settings.distances, 1) if d <= reach)
-    verdict = []
-    for when in ("initial", "trained"):
-        ratios = ", ".join(
-            f"{c.label} {_ratio(measured[c.key][f'gradient_{when}'], far)}" for c in contenders
-        )
-        moment = "At initialisation" if when == "initial" else "After training"
-        verdict.append(
-            f"{moment}, the gradient reaching {far} tokens back, relative to the gradient 1 token "
-            f"back: {ratios}."
-        )
-    layer_ratios = []
-    for c in contenders:
-        records = measured[c.key]["layer_norms"]
-        ends = _end_layers(records[-1][1]) if records else None
-        if ends:
-            ratios = sorted(
-                norms[ends[0]] / norms[ends[1]] for _, norms in records if norms[ends[1]] > 0
-            )
-            if ratios:
-                layer_ratios.append(f"{c.label} {ratios[len(ratios) // 2]:.2g}")
-    if layer_ratios:
-        verdict.append(
-            "Over training, the first encoder layer's gradient norm relative to the last decoder "
-            "layer's (median): " + ", ".join(layer_ratios) + "."
-        )
-    panels = {
-        moment: {
-            c.label: (
-                range(len(measured[c.key][f"gradient_{when}"])),
-                measured[c.key][f"gradient_{when}"],
-            )
-            for c in contenders
-        }
-        for when, moment in (("initial", "at initialisation"), ("trained", "after training"))
-    }
-    distance_plot = panel_plot(
-        panels,
-        title="Gradient norm at each source position",
-        xlabel="distance back from the query",
-        ylabel="||dL/dx_t||",
-        logy=True,
-    )
-    layer_panels = {
-        c.label: {
-            layer: (
-                [s for s, _ in measured[c.key]["layer_norms"]],
-                [n[layer] for _, n in measured[c.key]["layer_norms"]],
-            )
-            for layer in measured[c.key]["layer_norms"][-1][1]
-            if ".l" in layer or ".layers." in layer
-        }
-        for c in contenders
-        if measured[c.key]["layer_norms"]
-    }
-    layer_plot = panel_plot(
-        layer_panels,
-        title="Per-layer gradient norm during training",
-        xlabel="step",
-        ylabel="gradient norm",
-        logy=True,
-    )
-    return Section(
-        key="gradient",
-        title="3. Vanishing gradient: how much of the loss reaches each source token",
-        claim="A recurrent encoder passes the gradient back one step at a time, multiplying it "
-        "by a Jacobian per step, so it vanishes with distance; attention reaches every position "
-        "in one step.",
-        verdict=verdict,
-        data={
-            c.key: {
-                "gradient_initial": measured[c.key]["gradient_initial"],
-                "gradient_trained": measured[c.key]["gradient_trained"],
-                "layer_norms": measured[c.key]["layer_norms"],
-            }
-            for c in contenders
-        },
-        figures=[
-            Figure(
-                "gradient_distance",
-                "Gradient norm of the loss with respect to each source "
-                "embedding, by distance back from the query (log scale)",
-                distance_plot,
-            ),
-            Figure(
-                "gradient_layers",
-                "Gradient norm of each layer over training (log scale)",
-                layer_plot,
-            ),
-        ],
-        notes=[
-            f"Loss of the answer on {GRADIENT_ROWS} probes whose value stands {settings.longest} "
-            "tokens before the query; norms averaged over the probes. The same models as in "
-            "section 1, before and after their training."
-        ],
-    )

@@ -56,8 +56,8 @@ def step_seconds(model: nn.Module, *, length: int, batch: int, repeats: int, see
     return statistics.median(times)
 
 
-def parallelism_section(contenders: list[Contender], settings: StudySettings) -> Section:
-    """Step time and sequential operations against length for `contenders` (GRU, Transformer)."""
+def step_times(contenders: list[Contender], settings: StudySettings) -> dict[str, list[float]]:
+    """Seconds per training step of each contender at each of `settings.lengths`."""
     seconds: dict[str, list[float]] = {}
     todo = tqdm(total=len(contenders) * len(settings.lengths), desc="step time", leave=False)
     for c in contenders:
@@ -76,10 +76,16 @@ def parallelism_section(contenders: list[Contender], settings: StudySettings) ->
             )
             todo.update()
     todo.close()
+    return seconds
+
+
+def _verdict(
+    contenders: list[Contender], seconds: dict[str, list[float]], lengths: tuple[int, ...]
+) -> list[str]:
     recurrent, transformer = contenders[0], contenders[-1]
-    short, long = settings.lengths[0], settings.lengths[-1]
+    short, long = lengths[0], lengths[-1]
     growth = {c.key: seconds[c.key][-1] / seconds[c.key][0] for c in contenders}
-    verdict = [
+    return [
         f"At length {long} one training step takes {seconds[recurrent.key][-1] * 1000:.0f} ms for "
         f"the {recurrent.label} and {seconds[transformer.key][-1] * 1000:.0f} ms for the "
         f"{transformer.label} ({seconds[recurrent.key][-1] / seconds[transformer.key][-1]:.1f}x).",
@@ -93,6 +99,11 @@ def parallelism_section(contenders: list[Contender], settings: StudySettings) ->
         )
         + ".",
     ]
+
+
+def parallelism_section(contenders: list[Contender], settings: StudySettings) -> Section:
+    """Step time and sequential operations against length for `contenders` (GRU, Transformer)."""
+    seconds = step_times(contenders, settings)
     series = {c.label: (settings.lengths, seconds[c.key]) for c in contenders}
     plot = line_plot(
         series,
@@ -113,7 +124,7 @@ def parallelism_section(contenders: list[Contender], settings: StudySettings) ->
         title="4. Parallelism: training time against sequence length",
         claim="Self-attention processes all positions at once, while a recurrent layer needs one "
         "step per position, so recurrent training cannot be parallelised along the sequence.",
-        verdict=verdict,
+        verdict=_verdict(contenders, seconds, settings.lengths),
         data={
             "lengths": list(settings.lengths),
             "seconds_per_step": seconds,

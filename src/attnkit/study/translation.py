@@ -112,6 +112,53 @@ def train_contender(
     return run_dir
 
 
+def bleu_by_bucket(
+    hyps: list[str], test: list[tuple[str, str]], buckets: list[int], count: int
+) -> list[float | None]:
+    """Corpus BLEU of each of `count` buckets (None for an empty one); `buckets[i]` is the
+    bucket of test pair i."""
+    scores: list[float | None] = []
+    for b in range(count):
+        chosen = [i for i, bucket in enumerate(buckets) if bucket == b]
+        if not chosen:
+            scores.append(None)
+            continue
+        bleu = corpus_scores([hyps[i] for i in chosen], [[test[i][1] for i in chosen]], ("bleu",))
+        scores.append(round(bleu["bleu"].score, 2))
+    return scores
+
+
+def _length_verdict(
+    contenders: list[Contender],
+    scores: dict[str, list],
+    overall: dict[str, float],
+    names: list[str],
+    minutes: float,
+) -> list[str]:
+    filled = [b for b, score in enumerate(scores[contenders[0].key]) if score is not None]
+    first, last = filled[0], filled[-1]
+    verdict = [
+        f"On sources of {names[last]} words, BLEU is: "
+        + ", ".join(f"{c.label} {scores[c.key][last]:.1f}" for c in contenders)
+        + ".",
+        f"From {names[first]} to {names[last]} words, BLEU changes by: "
+        + ", ".join(
+            f"{c.label} {scores[c.key][last] - scores[c.key][first]:+.1f}" for c in contenders
+        )
+        + ".",
+    ]
+    untrained = [c.label for c in contenders if overall[c.key] < UNTRAINED_BLEU]
+    if untrained:
+        one = len(untrained) == 1
+        verdict.append(
+            f"{', '.join(untrained)} scored under {UNTRAINED_BLEU} BLEU on the whole test set: "
+            f"after {minutes:g} minutes {'it has' if one else 'they have'} not learned to "
+            f"translate yet, so the length curve says nothing about {'it' if one else 'them'}; "
+            "give each model more time (--train-minutes, or the full mode)."
+        )
+    return verdict
+
+
 def length_section(
     contenders: list[Contender],
     translators: dict[str, Translator],
@@ -120,52 +167,23 @@ def length_section(
     corpus: str,
 ) -> Section:
     """BLEU by source-length bucket for every contender."""
-    edges, names = settings.bucket_edges, bucket_names(settings.bucket_edges)
-    buckets = [bucket_of(s, edges) for s, _ in test]
+    names = bucket_names(settings.bucket_edges)
+    buckets = [bucket_of(s, settings.bucket_edges) for s, _ in test]
     counts = [buckets.count(b) for b in range(len(names))]
-    scores: dict[str, list[float | None]] = {}
-    overall: dict[str, float] = {}
+    scores, overall = {}, {}
     for c in contenders:
         hyps = translators[c.key].translate_text([s for s, _ in test], beam=settings.beam)
         overall[c.key] = corpus_scores(hyps, [[t for _, t in test]], ("bleu",))["bleu"].score
-        scores[c.key] = []
-        for b in range(len(names)):
-            chosen = [i for i, bucket in enumerate(buckets) if bucket == b]
-            if not chosen:
-                scores[c.key].append(None)
-                continue
-            bleu = corpus_scores(
-                [hyps[i] for i in chosen], [[test[i][1] for i in chosen]], ("bleu",)
-            )
-            scores[c.key].append(round(bleu["bleu"].score, 2))
+        scores[c.key] = bleu_by_bucket(hyps, test, buckets, len(names))
     filled = [b for b in range(len(names)) if counts[b]]
-    first, last = filled[0], filled[-1]
-    verdict = [
-        f"On sources of {names[last]} words, BLEU is: "
-        + ", ".join(f"{c.label} {scores[c.key][last]:.1f}" for c in contenders)
-        + "."
-    ]
-    verdict.append(
-        f"From {names[first]} to {names[last]} words, BLEU changes by: "
-        + ", ".join(
-            f"{c.label} {scores[c.key][last] - scores[c.key][first]:+.1f}" for c in contenders
-        )
-        + "."
-    )
-    untrained = [c.label for c in contenders if overall[c.key] < UNTRAINED_BLEU]
-    if untrained:
-        verdict.append(
-            f"{', '.join(untrained)} scored under {UNTRAINED_BLEU} BLEU on the whole test set: "
-            f"after {settings.train_minutes:g} minutes {'it has' if len(untrained) == 1 else 'they have'} "
-            "not learned to translate yet, so the length curve says nothing about "
-            f"{'it' if len(untrained) == 1 else 'them'}; give each model more time "
-            "(--train-minutes, or the full mode)."
-        )
-    series = {c.label: (filled, [scores[c.key][b] for b in filled]) for c in contenders}
+    series = {
+        c.label: ([names[b] for b in filled], [scores[c.key][b] for b in filled])
+        for c in contenders
+    }
     plot = line_plot(
         series,
         title="Translation quality by source length",
-        xlabel="source length bucket (" + ", ".join(f"{b}: {names[b]}" for b in filled) + ")",
+        xlabel="source length (words)",
         ylabel="BLEU",
     )
     return Section(
@@ -173,7 +191,7 @@ def length_section(
         title="2. Length: translation quality by source length",
         claim="Without attention the decoder sees the source only through one final state, so "
         "quality falls on long sentences; with attention it holds (Bahdanau et al. 2015, Fig. 2).",
-        verdict=verdict,
+        verdict=_length_verdict(contenders, scores, overall, names, settings.train_minutes),
         data={
             "buckets": names,
             "sentences": counts,
