@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--too-long",
         choices=["error", "split"],
         default="error",
-        help="input longer than the model's limit: stop with an error, or split it into pieces",
+        help="input longer than the model's limit: stop with an error, or split it into pieces "
+        "(a run trained with data.truncate_source cuts it instead, with a warning)",
     )
     p.add_argument("--checkpoint", choices=["best", "last", "averaged"], default="best")
     p.set_defaults(func=cmd_translate)
