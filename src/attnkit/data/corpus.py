@@ -96,6 +96,16 @@ def read_lines(path: str | Path) -> list[str]:
     return list(iter_lines(path))
 
 
+def write_lines(path: str | Path, lines: Sequence[str]) -> None:
+    """Write one segment a line through a temporary file, so that a crash never leaves half a
+    file at `path`."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8", newline="\n") as handle:
+        handle.writelines(line + "\n" for line in lines)
+    os.replace(temporary, path)
+
+
 def read_parallel(src: str | Path, tgt: str | Path | None = None) -> tuple[list[str], list[str]]:
     """Read a parallel corpus: two aligned files, or one .tsv or .jsonl file when `tgt` is None.
 

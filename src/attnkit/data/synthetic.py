@@ -20,7 +20,6 @@ The probe tasks (copy, reverse, key recall) are sequences of symbols such as "s3
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Iterator
 from functools import cache
@@ -28,6 +27,7 @@ from itertools import accumulate, islice
 from pathlib import Path
 from typing import NamedTuple
 
+from attnkit.data.corpus import write_lines
 from attnkit.data.lexicon import (
     ADJECTIVES,
     ANY,
@@ -368,14 +368,6 @@ def _held_out(count: int, seed: int, seen: set[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
-    """Write through a temporary file so that a crash never leaves half a file at `path`."""
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8", newline="\n") as handle:
-        handle.writelines(line + "\n" for line in lines)
-    os.replace(temporary, path)
-
-
 def write_corpus(
     out_dir: str | Path, *, size: int = 20000, seed: int = 1, valid: int = 500, test: int = 500
 ) -> dict[str, Path]:
@@ -400,7 +392,7 @@ def write_corpus(
     for split, pairs in splits.items():
         for side, language in enumerate(("en", "fr")):
             paths[f"{split}.{language}"] = path = out_dir / f"{split}.{language}"
-            _write_lines(path, [pair[side] for pair in pairs])
+            write_lines(path, [pair[side] for pair in pairs])
     return paths
 
 

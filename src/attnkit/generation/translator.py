@@ -29,7 +29,7 @@ from attnkit.data.tokenizer import Tokenizers, load_tokenizers
 from attnkit.errors import UserError
 from attnkit.generation.search import beam_search, greedy_search
 from attnkit.models.build import build_model
-from attnkit.training.checkpoint import find_checkpoint, load_weights
+from attnkit.training.checkpoint import check_run_dir, find_checkpoint, load_weights
 
 CHUNK_LINES = 2000  # lines read, sorted and decoded together when streaming
 
@@ -61,10 +61,7 @@ class Translator:
         from attnkit.training.loop import resolve_device
 
         run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise UserError(f"run directory not found: {run_dir}")
-        if not (run_dir / "config.yaml").is_file():
-            raise UserError(f"{run_dir} is not an attnkit run directory (no config.yaml)")
+        check_run_dir(run_dir)
         cfg = config_lib.load(run_dir / "config.yaml")
         found = find_checkpoint(run_dir / "checkpoints" / checkpoint)
         if found is None and checkpoint == "averaged":

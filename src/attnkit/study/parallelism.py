@@ -20,7 +20,7 @@ from tqdm import tqdm
 from attnkit.config import ModelConfig
 from attnkit.models.build import build_model
 from attnkit.models.protocol import padding_mask
-from attnkit.study.contenders import Contender
+from attnkit.study.contenders import Contender, parameter_count
 from attnkit.study.plots import line_plot
 from attnkit.study.report import Figure, Section
 from attnkit.study.settings import StudySettings
@@ -113,12 +113,7 @@ def parallelism_section(contenders: list[Contender], settings: StudySettings) ->
         logx=True,
         logy=True,
     )
-    parameters = {
-        c.key: sum(
-            p.numel() for p in build_model(c.model, src_vocab=VOCAB, tgt_vocab=VOCAB).parameters()
-        )
-        for c in contenders
-    }
+    parameters = {c.key: parameter_count(c.model, VOCAB) for c in contenders}
     return Section(
         key="parallelism",
         title="4. Parallelism: training time against sequence length",

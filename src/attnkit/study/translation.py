@@ -13,7 +13,7 @@ import random
 from pathlib import Path
 
 from attnkit import config as config_lib
-from attnkit.data.corpus import read_parallel
+from attnkit.data.corpus import read_parallel, write_lines
 from attnkit.data.synthetic import generate_pairs, write_corpus
 from attnkit.demo import demo_config_path
 from attnkit.errors import UserError
@@ -44,12 +44,6 @@ def bucket_of(sentence: str, edges: tuple[int, ...]) -> int:
     """The bucket index of a sentence by its number of words."""
     words = len(sentence.split())
     return sum(words >= edge for edge in edges)
-
-
-def _write(path: Path, lines: list[str]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    temporary.replace(path)
 
 
 def builtin_data(
@@ -83,8 +77,8 @@ def user_data(
     held_out = min(USER_TEST_MAX, int(len(pairs) * USER_TEST_SHARE))
     data_dir.mkdir(parents=True, exist_ok=True)
     files = {"train.en": data_dir / "train.src", "train.fr": data_dir / "train.tgt"}
-    _write(files["train.en"], [s for s, _ in pairs[:-held_out]])
-    _write(files["train.fr"], [t for _, t in pairs[:-held_out]])
+    write_lines(files["train.en"], [s for s, _ in pairs[:-held_out]])
+    write_lines(files["train.fr"], [t for _, t in pairs[:-held_out]])
     return files, pairs[-held_out:]
 
 

@@ -19,6 +19,7 @@ from attnkit.errors import UserError
 from attnkit.training.checkpoint import (
     STEP_NAME,
     WEIGHTS,
+    check_run_dir,
     find_checkpoint,
     save_tensors,
     step_checkpoints,
@@ -53,10 +54,7 @@ def _chosen_checkpoints(run_dir: Path, last: int) -> list[Path]:
     """The newest `last` step checkpoints of the run, oldest first; UserError if fewer than 2."""
     if last < 2:
         raise UserError(f"--last must be at least 2 (checkpoints to average), got {last}")
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not an attnkit run directory (no config.yaml)")
+    check_run_dir(run_dir)
     found = step_checkpoints(run_dir / "checkpoints")
     if not found:
         raise UserError(
