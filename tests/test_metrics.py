@@ -54,6 +54,26 @@ def test_rouge_keeps_letters_that_the_default_tokenizer_deletes():
     assert rouge(["Кошка спит"], ["кошка спит"])["rouge1"] == pytest.approx(100)
 
 
+def test_rouge_stems_english_words_only():
+    # Porter stemming, as rouge-score's use_stemmer=True: "summaries" and "summary" match ...
+    assert rouge(["the summaries"], ["the summary"])["rouge1"] == pytest.approx(100)
+    # ... while a word with letters outside a-z is never stemmed ("étés" is not "été").
+    assert rouge(["les étés"], ["les été"])["rouge1"] == pytest.approx(50)
+
+
+def test_rouge_equals_rouge_score_with_stemming_on_english():
+    from rouge_score.rouge_scorer import RougeScorer
+
+    hyps = ["#Person1# is asking about the meetings.", "They talked for hours, happily."]
+    refs = ["#Person1# asks #Person2# about a meeting.", "They were talking happily."]
+    scorer = RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    expected = dict.fromkeys(("rouge1", "rouge2", "rougeL"), 0.0)
+    for hyp, ref in zip(hyps, refs, strict=True):
+        for name, score in scorer.score(ref, hyp).items():
+            expected[name] += 100 * score.fmeasure / len(hyps)
+    assert rouge(hyps, refs) == pytest.approx(expected)
+
+
 def test_rouge_takes_the_best_reference_per_sentence():
     hyps = ["the cat sleeps", "a red car"]
     first = ["the cat sleeps", "a blue boat"]

@@ -18,6 +18,7 @@ METRICS = ("bleu", "chrf", "ter", "rouge")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")  # the scores that the metric name "rouge" gives
 
 _WORD = re.compile(r"\w+")
+_ENGLISH = re.compile(r"[a-z]+")
 
 
 class Score(NamedTuple):
@@ -32,12 +33,23 @@ class UnicodeWords:
 
     rouge-score's default tokenizer keeps only [a-z0-9], which turns French "été" into "t" and
     deletes Greek, Cyrillic or Chinese text entirely. This one splits "l'été" into "l", "été".
-    There is no stemming: the Porter stemmer only knows English.
+    Like rouge-score with `use_stemmer=True`, the usual setting for English summaries, it
+    Porter-stems words of more than 3 letters; the stemmer only knows English, so it is given
+    only words written in a-z ("summaries" becomes "summari", "été" stays "été").
     """
 
+    def __init__(self) -> None:
+        from nltk.stem import porter  # rouge-score's own dependency
+
+        self.stemmer = porter.PorterStemmer()
+
     def tokenize(self, text: str) -> list[str]:
-        """The words of `text`, lowercased."""
-        return _WORD.findall(text.lower())
+        """The words of `text`, lowercased, English ones stemmed."""
+        return [self.stem(word) for word in _WORD.findall(text.lower())]
+
+    def stem(self, word: str) -> str:
+        """The Porter stem of a word of more than 3 letters a-z; any other word as it is."""
+        return self.stemmer.stem(word) if len(word) > 3 and _ENGLISH.fullmatch(word) else word
 
 
 def corpus_scores(
@@ -92,14 +104,14 @@ def rouge_scores(hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> dict[str
     """
     from rouge_score.rouge_scorer import RougeScorer
 
-    scorer = RougeScorer(list(ROUGE_TYPES), use_stemmer=False, tokenizer=UnicodeWords())
+    scorer = RougeScorer(list(ROUGE_TYPES), tokenizer=UnicodeWords())
     totals = dict.fromkeys(ROUGE_TYPES, 0.0)
     for i, hyp in enumerate(hyps):
         best = scorer.score_multi([ref[i] for ref in refs], hyp)
         for name in ROUGE_TYPES:
             totals[name] += best[name].fmeasure
     signature = (
-        f"nrefs:{len(refs)}|tok:unicode-words|case:lower|stem:no|f-measure|refs:best"
+        f"nrefs:{len(refs)}|tok:unicode-words|case:lower|stem:porter|f-measure|refs:best"
         f"|avg:sentences|rouge-score:{version('rouge-score')}"
     )
     count = max(len(hyps), 1)
