@@ -31,7 +31,7 @@ from attnkit.data.tokenizer import PAD_ID, train_tokenizers
 from attnkit.models.build import build_model
 from attnkit.models.transformer import sinusoids
 from attnkit.runtime import keep_freed_memory
-from attnkit.training.loss import smoothed_nll
+from attnkit.training.loss import batch_loss
 
 
 class TorchTransformer(nn.Module):
@@ -88,11 +88,11 @@ class Trainer:
 
     def step(self, batch) -> float:
         start = time.perf_counter()
-        logits = self.model(batch.src, batch.src_mask, batch.tgt_in)
-        if self.attnkit_loss:
-            loss, _ = smoothed_nll(logits, batch.tgt_out, smoothing=0.1)
+        if self.attnkit_loss:  # attnkit's training step (`training.loss.batch_loss`)
+            loss, _ = batch_loss(self.model, batch, smoothing=0.1)
             loss = loss / batch.n_tgt_tokens
         else:
+            logits = self.model(batch.src, batch.src_mask, batch.tgt_in)
             loss = F.cross_entropy(
                 logits.reshape(-1, logits.size(-1)),
                 batch.tgt_out.reshape(-1),

@@ -129,6 +129,9 @@ def test_collate_pads_shifts_and_masks():
         assert batch.tgt_out[row].tolist() == y + [EOS_ID] + [PAD_ID] * (width_t - len(y) - 1)
         n_real += len(y) + 1
     assert batch.n_tgt_tokens == n_real == int((batch.tgt_out != PAD_ID).sum())
+    real = batch.tgt_out.reshape(-1) != PAD_ID
+    assert batch.tgt_positions.equal(real.nonzero().squeeze(1))
+    assert batch.real_targets().equal(batch.tgt_out.reshape(-1)[real])
     assert batch.src_mask.equal(batch.src != PAD_ID)  # real ids are never PAD_ID
     assert batch.src.shape[1] == max(len(corpus.pair(i)[0]) for i in indices) + 1
     assert batch.tgt_in.shape == batch.tgt_out.shape
@@ -152,6 +155,7 @@ def test_batch_to_device_keeps_everything():
     assert isinstance(moved, Batch) and moved.n_tgt_tokens == batch.n_tgt_tokens
     assert moved.src.equal(batch.src) and moved.src_mask.equal(batch.src_mask)
     assert moved.tgt_in.equal(batch.tgt_in) and moved.tgt_out.equal(batch.tgt_out)
+    assert moved.tgt_positions.equal(batch.tgt_positions)
 
 
 def test_encode_source_batches_for_inference():

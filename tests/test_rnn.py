@@ -145,6 +145,17 @@ def test_final_states_are_where_each_direction_ended(bidirectional):
     torch.testing.assert_close(final_states(memory, bidirectional), expected)
 
 
+@pytest.mark.parametrize("variant", ["gru-bahdanau", "lstm-none"])
+def test_logits_at_positions_are_those_of_every_position(variant):
+    model = tiny(**VARIANTS[variant])
+    src, tgt = padded_batch([5, 2, 4]), tokens(3, 4, seed=5)
+    positions = torch.tensor([0, 3, 4, 5, 11])  # flat indices into the 3 x 4 target positions
+    with torch.no_grad():
+        every = model(src, padding_mask(src), tgt).reshape(-1, V)
+        chosen = model(src, padding_mask(src), tgt, positions)
+    torch.testing.assert_close(chosen, every[positions], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_decode_step_equals_teacher_forcing(variant):
     model = tiny(**VARIANTS[variant])

@@ -9,13 +9,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attnkit.training.checkpoint import find_checkpoint, load_weights, save_checkpoint
-from attnkit.training.loss import smoothed_nll
+from attnkit.training.loss import batch_loss, projected_smoothed_nll, smoothed_nll
 from attnkit.training.schedule import learning_rate
 
 
@@ -69,6 +70,53 @@ def test_loss_gradient_matches_pytorch_and_is_zero_on_padding(smoothing):
     assert torch.autograd.gradcheck(
         lambda x: smoothed_nll(x, target, smoothing=smoothing)[0], (logits,)
     )
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_fused_projection_and_loss_equal_the_unfused(smoothing):
+    # 13 rows in blocks of 4: the last block is short.
+    torch.manual_seed(0)
+    hidden = torch.randn(13, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(4, 11, (13,))
+    loss, nll = projected_smoothed_nll(hidden, weight, target, smoothing=smoothing, rows=4)
+    expected, expected_nll = smoothed_nll(hidden @ weight.t(), target, smoothing=smoothing)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, expected_nll)
+    ours = torch.autograd.grad(2.5 * loss, (hidden, weight))
+    theirs = torch.autograd.grad(2.5 * expected, (hidden, weight))
+    torch.testing.assert_close(ours, theirs)
+    assert torch.autograd.gradcheck(
+        lambda h, w: projected_smoothed_nll(h, w, target, smoothing=smoothing, rows=4)[0],
+        (hidden, weight),
+    )
+    with torch.no_grad():  # validation: the same sums, no gradient work
+        torch.testing.assert_close(
+            projected_smoothed_nll(hidden, weight, target, smoothing=smoothing, rows=4)[0], expected
+        )
+
+
+def test_batch_loss_scores_the_real_targets_of_a_batch():
+    from attnkit.data.batching import collate
+    from attnkit.data.corpus import TokenizedCorpus
+    from attnkit.models.transformer import Transformer
+
+    torch.manual_seed(0)
+    lengths = {"src": [3, 1, 2], "tgt": [2, 5, 1]}  # targets padded to 6 positions: 9 of 18 real
+    sides = {}
+    for side, sizes in lengths.items():
+        sides[side] = np.arange(4, 4 + sum(sizes), dtype=np.uint16)
+        sides[side + "_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    batch = collate(TokenizedCorpus(**sides), np.arange(3))
+    model = Transformer(
+        src_vocab=12, tgt_vocab=12, d_model=8, n_heads=2, d_ff=16, encoder_layers=1,
+        decoder_layers=1, dropout=0.0,
+    )  # fmt: skip
+    loss, nll = batch_loss(model, batch, smoothing=0.1)
+    logits = model(batch.src, batch.src_mask, batch.tgt_in)  # every position, padding included
+    expected, expected_nll = smoothed_nll(logits, batch.tgt_out, smoothing=0.1)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(nll, expected_nll)
 
 
 class Tied(nn.Module):

@@ -71,6 +71,16 @@ def test_padding_never_changes_real_positions(options):
     torch.testing.assert_close(logits_padded[:, :6], logits, atol=1e-5, rtol=0)
 
 
+def test_logits_at_positions_are_those_of_every_position():
+    model = tiny()
+    src, tgt = tokens(3, 5), tokens(3, 6, seed=1)
+    positions = torch.tensor([0, 1, 2, 6, 7, 12, 17])  # flat indices into the 3 x 6 positions
+    every = model(src, padding_mask(src), tgt)
+    chosen = model(src, padding_mask(src), tgt, positions)
+    assert chosen.shape == (7, V)
+    torch.testing.assert_close(chosen, every.reshape(-1, V)[positions], atol=1e-5, rtol=0)
+
+
 def test_batched_equals_unbatched():
     model = tiny()
     sources = [tokens(1, n, seed=n)[0] for n in (7, 3, 5)]

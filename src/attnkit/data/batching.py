@@ -30,7 +30,9 @@ class Batch:
 
     src (B, S) long, ending in EOS; src_mask (B, S) bool, True on real tokens (EOS included);
     tgt_in (B, T) long, BOS + target; tgt_out (B, T) long, target + EOS; padding is PAD_ID.
-    n_tgt_tokens counts the real positions of tgt_out (EOS included), the loss normaliser.
+    tgt_positions (N,) long: the flat indices into the B x T target positions that are real, so
+    that training projects and scores only those (`Seq2Seq.forward(..., positions=)`).
+    n_tgt_tokens = N counts the real positions of tgt_out (EOS included), the loss normaliser.
     indices holds the corpus position of each row.
     """
 
@@ -38,8 +40,13 @@ class Batch:
     src_mask: Tensor
     tgt_in: Tensor
     tgt_out: Tensor
+    tgt_positions: Tensor
     n_tgt_tokens: int
     indices: np.ndarray
+
+    def real_targets(self) -> Tensor:
+        """The target ids (N,) at `tgt_positions`: what `forward(..., tgt_positions)` predicts."""
+        return self.tgt_out.reshape(-1).index_select(0, self.tgt_positions)
 
     def to(self, device: torch.device | str) -> Batch:
         """The same batch with its tensors on `device` (copied without blocking where possible)."""
@@ -48,6 +55,7 @@ class Batch:
             src_mask=self.src_mask.to(device, non_blocking=True),
             tgt_in=self.tgt_in.to(device, non_blocking=True),
             tgt_out=self.tgt_out.to(device, non_blocking=True),
+            tgt_positions=self.tgt_positions.to(device, non_blocking=True),
             n_tgt_tokens=self.n_tgt_tokens,
             indices=self.indices,
         )
@@ -141,11 +149,13 @@ def collate(corpus: TokenizedCorpus, indices: np.ndarray) -> Batch:
     tgt_out = _pad(corpus.tgt, tgt_starts, tgt_len, width=width_t)
     tgt_out[rows, tgt_len] = EOS_ID
     src_mask = np.arange(width_s)[None, :] <= src_len[:, None]  # tokens and EOS
+    tgt_real = np.arange(width_t)[None, :] <= tgt_len[:, None]  # tokens and EOS
     return Batch(
         src=torch.from_numpy(src),
         src_mask=torch.from_numpy(src_mask),
         tgt_in=torch.from_numpy(tgt_in),
         tgt_out=torch.from_numpy(tgt_out),
+        tgt_positions=torch.from_numpy(np.flatnonzero(tgt_real)),
         n_tgt_tokens=int(tgt_len.sum()) + len(indices),
         indices=indices,
     )

@@ -42,8 +42,21 @@ class Step(NamedTuple):
 class Seq2Seq(Protocol):
     """An encoder-decoder model as the rest of attnkit sees it."""
 
-    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: logits (B, T, V) for every target position at once."""
+    def forward(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+    ) -> Tensor:
+        """Teacher forcing: logits (B, T, V) for every target position at once.
+
+        With `positions` (N,), flat indices into the B x T target positions, only the logits
+        (N, V) of those: training passes the real ones, so padding costs no output projection.
+        """
+        ...
+
+    def hidden(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+    ) -> Tensor:
+        """What `forward` feeds its `output_projection` (a bias-free nn.Linear): (B, T, D) or
+        (N, D). The CPU training loss projects these itself, a block of rows at a time."""
         ...
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
@@ -61,9 +74,16 @@ class Seq2Seq(Protocol):
         ...
 
 
+def select_positions(hidden: Tensor, positions: Tensor | None) -> Tensor:
+    """Decoder states (B, T, D) -> those at flat `positions` (N, D), or all when None."""
+    if positions is None:
+        return hidden
+    return hidden.reshape(-1, hidden.size(-1)).index_select(0, positions)
+
+
 def padding_mask(tokens: Tensor, pad_id: int = 0) -> Tensor:
     """The mask of real tokens (B, L): True where `tokens` is not padding."""
     return tokens.ne(pad_id)
 
 
-__all__ = ["Memory", "State", "Step", "Seq2Seq", "padding_mask"]
+__all__ = ["Memory", "State", "Step", "Seq2Seq", "padding_mask", "select_positions"]

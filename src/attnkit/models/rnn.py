@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnkit.models.attention import AdditiveAttention, LuongAttention
 from attnkit.models.embeddings import init_weights, token_embeddings
-from attnkit.models.protocol import Memory, Step
+from attnkit.models.protocol import Memory, Step, select_positions
 from attnkit.models.softmax import log_softmax
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -351,12 +351,21 @@ class RecurrentSeq2Seq(nn.Module):
         if tie_embeddings:
             self.output_projection.weight = self.target_embedding.weight
 
-    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T)."""
+    def forward(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+    ) -> Tensor:
+        """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T), or
+        (N, V) for the flat `positions` only (see `Seq2Seq.forward`)."""
+        return self.output_projection(self.hidden(src, src_mask, tgt_in, positions))
+
+    def hidden(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+    ) -> Tensor:
+        """What the output projection reads in `forward`: (B, T, D), or (N, D) at `positions`."""
         memory = self.encode(src, src_mask)
         x = self.dropout(self.target_embedding(tgt_in))  # (B, T, D)
         outputs = self.decoder(x, memory, self.init_state(memory))  # (B, T, D)
-        return self.output_projection(self.dropout(outputs))
+        return self.dropout(select_positions(outputs, positions))
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
         """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D') with the mask."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from attnkit.models.attention import KVCache, MultiHeadAttention, key_padding_mask
 from attnkit.models.dropout import Dropout
 from attnkit.models.embeddings import init_weights, token_embeddings
-from attnkit.models.protocol import Memory, Step
+from attnkit.models.protocol import Memory, Step, select_positions
 from attnkit.models.softmax import log_softmax
 
 NORMS = ("pre", "post")
@@ -362,9 +362,18 @@ class Transformer(nn.Module):
         x = embedding(tokens) * self.embedding_scale + positions(tokens.size(1), offset)
         return self.embedding_dropout(x)
 
-    def forward(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T)."""
-        return self.output_projection(self.decode(self.encode(src, src_mask), tgt_in))
+    def forward(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+    ) -> Tensor:
+        """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T), or
+        (N, V) for the flat `positions` only (see `Seq2Seq.forward`)."""
+        return self.output_projection(self.hidden(src, src_mask, tgt_in, positions))
+
+    def hidden(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+    ) -> Tensor:
+        """What the output projection reads in `forward`: (B, T, D), or (N, D) at `positions`."""
+        return select_positions(self.decode(self.encode(src, src_mask), tgt_in), positions)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
         """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D) with the mask."""

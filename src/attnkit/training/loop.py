@@ -28,7 +28,7 @@ from attnkit.training.checkpoint import (
     save_checkpoint,
     save_step_checkpoint,
 )
-from attnkit.training.loss import smoothed_nll
+from attnkit.training.loss import batch_loss
 from attnkit.training.prepare import PreparedRun, log, prepare_run
 from attnkit.training.schedule import learning_rate
 from attnkit.training.validate import better, validate
@@ -230,8 +230,7 @@ def train(cfg: Config) -> TrainResult:
         loss_sum = nll_sum = 0.0
         for batch in group_batches:
             with autocast_for(device, t.precision):
-                logits = model(batch.src, batch.src_mask, batch.tgt_in)
-            loss, nll = smoothed_nll(logits, batch.tgt_out, smoothing=t.label_smoothing)
+                loss, nll = batch_loss(model, batch, smoothing=t.label_smoothing)
             (loss / n_tokens).backward()
             loss_sum, nll_sum = loss_sum + loss.item(), nll_sum + nll.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm or float("inf"))

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
+from attnkit.data.batching import Batch
 from attnkit.data.tokenizer import PAD_ID
 from attnkit.models.softmax import at_least_fp32, exp_shifted, logsumexp
 
@@ -58,10 +59,95 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 def smoothed_nll(logits: Tensor, target: Tensor, *, smoothing: float) -> tuple[Tensor, Tensor]:
     """Sum of label-smoothed cross-entropy and of plain NLL over non-padding targets.
 
-    logits (B, T, V), target (B, T) with PAD_ID on padding. Returns sums, not means, so that the
+    logits (..., V), target (...) with PAD_ID on padding (training passes only real positions). Returns sums, not means, so that the
     caller divides by the number of target tokens across accumulated batches. The smoothed loss
     trains; the plain NLL (no gradient) gives perplexity. The smoothed target puts 1 - smoothing
     on the reference and spreads `smoothing` uniformly over the vocabulary.
     """
     flat_logits = logits.reshape(-1, logits.size(-1))  # (B*T, V)
     return _SmoothedCrossEntropy.apply(flat_logits, target.reshape(-1), smoothing)
+
+
+class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
+    """The output projection and the smoothed loss together, a block of rows at a time.
+
+    The logits of a whole batch (N, V) are the largest tensors of a CPU training step, and every
+    pass over them (max, subtract, exp, sum, then softmax minus target in the backward pass)
+    goes to main memory, with page faults whenever the allocator hands out fresh pages. Here each
+    block of `rows` logits is made, reduced to its loss, and turned into its gradient while it is
+    still in cache; the gradients of the hidden states and of the weight are finished in the
+    forward pass (for an upstream gradient of 1) and only scaled in the backward pass. Every row
+    is a real target: callers pass only real positions. The matmuls are the same as unfused.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx,
+        hidden: Tensor,
+        weight: Tensor,
+        target: Tensor,
+        smoothing: float,
+        rows: int,
+        needs_grad: bool,
+    ) -> tuple[Tensor, Tensor]:
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        grad_weight = torch.zeros_like(weight) if needs_grad else None
+        loss_sum = hidden.new_zeros(())
+        nll_sum = hidden.new_zeros(())
+        on_target = hidden.new_full((rows, 1), -(1.0 - smoothing))
+        for start in range(0, hidden.size(0), rows):
+            h, y = hidden[start : start + rows], target[start : start + rows, None]
+            logits = h @ weight.t()  # (rows, V), in cache
+            top = logits.amax(dim=-1, keepdim=True)
+            probs = exp_shifted(logits, top)  # unnormalised
+            total = probs.sum(dim=-1, keepdim=True)
+            lse = total.log() + top  # (rows, 1)
+            nll = lse - logits.gather(1, y)
+            nll_sum += nll.sum()
+            loss_sum += (1.0 - smoothing) * nll.sum()
+            if smoothing:
+                loss_sum += smoothing * (lse.sum() - logits.mean(dim=-1).sum())
+            if needs_grad:  # d loss / d logits = softmax - (1 - eps) onehot - eps / V
+                grad = probs.div_(total)
+                if smoothing:
+                    grad.sub_(smoothing / weight.size(0))
+                grad.scatter_add_(1, y, on_target[: h.size(0)])
+                torch.mm(grad, weight, out=grad_hidden[start : start + rows])
+                grad_weight.addmm_(grad.t(), h)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.mark_non_differentiable(nll_sum)
+        return loss_sum, nll_sum
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, grad_loss: Tensor, _grad_nll: Tensor) -> tuple:
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None
+
+
+def projected_smoothed_nll(
+    hidden: Tensor, weight: Tensor, target: Tensor, *, smoothing: float, rows: int = 256
+) -> tuple[Tensor, Tensor]:
+    """`smoothed_nll(hidden @ weight.T, target)` without ever holding all the logits.
+
+    hidden (N, D) are the decoder states of N real target positions, weight (V, D) the output
+    projection (no bias), target (N,) their ids, none of them padding. Returns the sums of the
+    smoothed loss and of the plain NLL (no gradient), like `smoothed_nll`. For the CPU: `rows`
+    rows of logits at a time stay in cache (256 x 8,000 floats: 8 MB).
+    """
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _ProjectedSmoothedCrossEntropy.apply(hidden, weight, target, smoothing, rows, needs_grad)
+
+
+def batch_loss(model: torch.nn.Module, batch: Batch, *, smoothing: float) -> tuple[Tensor, Tensor]:
+    """Teacher forcing on one batch: sums of the smoothed loss and of the NLL at its real targets.
+
+    On the CPU in float32 the output projection and the loss run fused, a block of rows at a
+    time (`projected_smoothed_nll`); on CUDA and under autocast through the model's logits
+    (`smoothed_nll`). Either way only the real target positions are projected.
+    """
+    inputs = (batch.src, batch.src_mask, batch.tgt_in, batch.tgt_positions)
+    target, device = batch.real_targets(), batch.src.device.type
+    if device == "cpu" and not torch.is_autocast_enabled(device):
+        weight = model.output_projection.weight
+        return projected_smoothed_nll(model.hidden(*inputs), weight, target, smoothing=smoothing)
+    return smoothed_nll(model(*inputs), target, smoothing=smoothing)

@@ -9,7 +9,7 @@ import torch
 from attnkit.data.batching import collate, make_batches
 from attnkit.evaluation.metrics import corpus_scores
 from attnkit.generation.translator import Translator
-from attnkit.training.loss import smoothed_nll
+from attnkit.training.loss import batch_loss
 
 LOWER_IS_BETTER = {"loss"}
 # What `train.valid_metric` may name; ROUGE (for summarization) is computed only when chosen.
@@ -35,8 +35,7 @@ def validation_loss(model: torch.nn.Module, run, device: torch.device) -> float:
     )
     for indices in batches:
         batch = collate(corpus, indices).to(device)
-        logits = model(batch.src, batch.src_mask, batch.tgt_in)
-        _, nll = smoothed_nll(logits, batch.tgt_out, smoothing=0.0)
+        _, nll = batch_loss(model, batch, smoothing=0.0)
         total, tokens = total + nll.item(), tokens + batch.n_tgt_tokens
     return total / max(tokens, 1)
 
