@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -66,6 +65,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peers_result import peak_rss_mib, worker_result
 from train_speed import Trainer
 
 from attnkit import runtime
@@ -163,11 +163,6 @@ def prepare_work(args: argparse.Namespace, work: Path) -> None:
     write_lines(work / "decode.en", [lines[i] for i in np.argsort(lengths, kind="stable")])
 
 
-def peak_rss_mib() -> float:
-    """The peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def attnkit_train(model: torch.nn.Module, work: Path, warmup: int) -> tuple[float, int]:
     """Train on every planned batch with attnkit's training step; the seconds and target tokens
     of the batches after `warmup`, collating included."""
@@ -210,23 +205,15 @@ def attnkit_worker(args: argparse.Namespace) -> dict:
     vocab = tokenizers.src.vocab_size
     model = build_model(ModelConfig(preset="small"), src_vocab=vocab, tgt_vocab=vocab)
     seconds, tokens = attnkit_train(model, args.worker, args.warmup)
-    trained_rss = peak_rss_mib()
+    peak_rss = peak_rss_mib()
     decode = DecodeConfig(beam=BEAM, max_len_a=0.0, max_len_b=args.out_len, min_len=args.out_len)
     translator = Translator(model.eval(), tokenizers, Config(decode=decode), torch.device("cpu"))
     lines = read_lines(args.worker / "decode.en")
     decode_seconds, lengths = attnkit_decode(translator, lines)
-    return {
-        "system": "attnkit",
-        "version": f"attnkit (this tree), torch {torch.__version__}",
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "timed_batches": args.steps,
-        "tgt_tokens_per_batch": tokens / args.steps,
-        "train_tokens_per_s": tokens / seconds,
-        "peak_rss_mib": trained_rss,
-        "decode_sentences": len(lines),
-        "decode_sentences_per_s": len(lines) / decode_seconds,
-        "output_tokens_per_sentence": sum(lengths) / len(lengths),
-    }
+    trained = {"seconds": seconds, "tokens": tokens, "batches": args.steps}
+    decoded = {"seconds": decode_seconds, "sentences": len(lines), "tokens": sum(lengths)}
+    version = f"attnkit (this tree), torch {torch.__version__}"
+    return worker_result("attnkit", version, model, trained, decoded, peak_rss)
 
 
 def worker_command(system: str, args: argparse.Namespace, work: Path) -> list[str]:

@@ -28,7 +28,6 @@ import argparse
 import functools
 import json
 import logging
-import resource
 import time
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -44,6 +43,7 @@ from joeynmt.datasets import BaseDataset, build_dataset
 from joeynmt.model import Model
 from joeynmt.prediction import predict, prepare
 from joeynmt.training import TrainManager
+from peers_result import peak_rss_mib, worker_result
 from torch.utils.data import DataLoader
 
 
@@ -248,20 +248,16 @@ def main() -> None:
         dev_args=set_validation_args(run.test),
     )  # fmt: skip
     trained = train(trainer, train_data, args)
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_rss = peak_rss_mib()
     decoded = decode(model, test_data, run, args)
-    result = {
-        "system": "joeynmt",
-        "version": f"joeynmt {version('joeynmt')}, torch {torch.__version__}",
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "timed_batches": trained["batches"],
-        "tgt_tokens_per_batch": trained["tokens"] / trained["batches"],
-        "train_tokens_per_s": trained["tokens"] / trained["seconds"],
-        "peak_rss_mib": peak_rss_mib,
-        "decode_sentences": decoded["sentences"],
-        "decode_sentences_per_s": decoded["sentences"] / decoded["seconds"],
-        "output_tokens_per_sentence": decoded["tokens"] / decoded["sentences"],
-    }
+    result = worker_result(
+        "joeynmt",
+        f"joeynmt {version('joeynmt')}, torch {torch.__version__}",
+        model,
+        trained,
+        decoded,
+        peak_rss,
+    )
     print(json.dumps(result))
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 import transformers
+from peers_result import peak_rss_mib, worker_result
 from torch import Tensor
 from transformers import MarianConfig, MarianMTModel
 
@@ -178,20 +178,16 @@ def main() -> None:
     sp = spm.SentencePieceProcessor(model_file=str(args.work / "tokenizer" / "joint.model"))
     model = build_model(sp.get_piece_size())
     trained = train(model, args.work, args)
-    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_rss = peak_rss_mib()
     decoded = decode(model, args.work, args)
-    result = {
-        "system": "marian",
-        "version": f"transformers {transformers.__version__}, torch {torch.__version__}",
-        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "timed_batches": trained["batches"],
-        "tgt_tokens_per_batch": trained["tokens"] / max(trained["batches"], 1),
-        "train_tokens_per_s": trained["tokens"] / trained["seconds"],
-        "peak_rss_mib": peak_rss_mib,
-        "decode_sentences": decoded["sentences"],
-        "decode_sentences_per_s": decoded["sentences"] / decoded["seconds"],
-        "output_tokens_per_sentence": decoded["tokens"] / decoded["sentences"],
-    }
+    result = worker_result(
+        "marian",
+        f"transformers {transformers.__version__}, torch {torch.__version__}",
+        model,
+        trained,
+        decoded,
+        peak_rss,
+    )
     print(json.dumps(result))
 
 

@@ -1,0 +1,36 @@
+"""The one result line every peers worker prints: what peers.py tabulates, in the same keys.
+
+Standard library only, so that each worker imports it from its own virtual environment.
+"""
+
+from __future__ import annotations
+
+import resource
+
+
+def peak_rss_mib() -> float:
+    """The peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker_result(
+    system: str, version: str, model, trained: dict, decoded: dict, peak_rss: float
+) -> dict:
+    """The figures of one system.
+
+    `model` is the trained torch module (its trainable parameters are counted); `trained` has
+    the timed "seconds", real target "tokens" and "batches"; `decoded` has "seconds",
+    "sentences" and output "tokens"; `peak_rss` is `peak_rss_mib()` read when training ended.
+    """
+    return {
+        "system": system,
+        "version": version,
+        "params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "timed_batches": trained["batches"],
+        "tgt_tokens_per_batch": trained["tokens"] / max(trained["batches"], 1),
+        "train_tokens_per_s": trained["tokens"] / trained["seconds"],
+        "peak_rss_mib": peak_rss,
+        "decode_sentences": decoded["sentences"],
+        "decode_sentences_per_s": decoded["sentences"] / decoded["seconds"],
+        "output_tokens_per_sentence": decoded["tokens"] / decoded["sentences"],
+    }
