@@ -40,9 +40,21 @@ class Dropout(nn.Module):
             return x
         if x.device.type != "cpu":
             return F.dropout(x, self.p, training=True)
-        rate = round(self.p * _LEVELS) / _LEVELS  # the rate the mask really has
-        scale = keep_mask(x, self.p).to(x.dtype).mul_(1.0 / (1.0 - rate))
-        return x * scale
+        return x * keep_mask(x, self.p).to(x.dtype).mul_(self._scale())
+
+    def residual(self, x: Tensor, output: Tensor) -> Tensor:
+        """`x + self(output)`, on the CPU in one pass that also scales the kept elements."""
+        if not self.training or self.p == 0.0:
+            return x + output
+        if x.device.type != "cpu":
+            return x + F.dropout(output, self.p, training=True)
+        return torch.addcmul(
+            x, output, keep_mask(output, self.p).to(output.dtype), value=self._scale()
+        )
+
+    def _scale(self) -> float:
+        """1 / (1 - p) for the rate the mask really has (p rounded to a multiple of 1/65536)."""
+        return 1.0 / (1.0 - round(self.p * _LEVELS) / _LEVELS)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

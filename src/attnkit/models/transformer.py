@@ -107,7 +107,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
-        return self.linear2(F.relu(self.linear1(x)))
+        return self.linear2(F.relu_(self.linear1(x)))  # in place: one (B, T, d_ff) tensor fewer
 
 
 class Residual(nn.Module):
@@ -130,7 +130,7 @@ class Residual(nn.Module):
 
     def after(self, x: Tensor, output: Tensor) -> Tensor:
         """The layer's stream after adding the sublayer's `output`."""
-        x = x + self.dropout(output)
+        x = self.dropout.residual(x, output)  # x + Dropout(output)
         return x if self.pre_norm else self.norm(x)
 
 

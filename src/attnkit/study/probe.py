@@ -26,6 +26,7 @@ from attnkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from attnkit.models.protocol import padding_mask
 from attnkit.study.gradients import layer_gradient_norms
 from attnkit.training.loss import smoothed_nll
+from attnkit.training.schedule import adam
 
 FIRST_SYMBOL = 4  # ids 0-3 are pad, unk, bos and eos, as everywhere in attnkit
 # Attention on the value counts its position and the next two: a unidirectional recurrent
@@ -96,7 +97,7 @@ def fit(
     gradient clipping at 1), recording the loss and each layer's gradient norm every
     `record_every` steps."""
     rng = random.Random(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.98))
+    optimizer = adam(model.parameters(), lr=lr)
     result = FitResult()
     model.train()
     started = time.monotonic()

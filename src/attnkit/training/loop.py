@@ -30,7 +30,7 @@ from attnkit.training.checkpoint import (
 )
 from attnkit.training.loss import batch_loss
 from attnkit.training.prepare import PreparedRun, log, prepare_run
-from attnkit.training.schedule import learning_rate
+from attnkit.training.schedule import adam, learning_rate
 from attnkit.training.validate import better, validate
 
 
@@ -202,9 +202,7 @@ def train(cfg: Config) -> TrainResult:
     model = build_model(
         cfg.model, src_vocab=src_vocab, tgt_vocab=tgt_vocab, joint_vocab=cfg.data.joint_vocab
     ).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, foreach=True
-    )
+    optimizer = adam(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     progress = _restore(run, model, optimizer)
     batches, events = Batches(run, progress), EventLog(run.dir)
     log(
