@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from conftest import write
 
@@ -34,6 +37,14 @@ def test_help_lists_every_subcommand(cli):
     assert result.returncode == 0
     for name in SUBCOMMANDS:
         assert f"    {name}" in result.stdout
+
+
+def test_python_dash_m_attnkit_is_the_command():
+    result = subprocess.run(
+        [sys.executable, "-m", "attnkit", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "    train" in result.stdout
 
 
 def test_data_synth_writes_a_corpus(cli, tmp_path):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from conftest import decode_step_by_step
 
-from attnkit.models.protocol import padding_mask
+from attnkit.models.protocol import Memory, padding_mask
 from attnkit.models.transformer import TRANSFORMER_PRESETS, Transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -169,6 +169,17 @@ def test_reordered_state_decodes_like_those_rows():
             state = step.state
         expected, _ = decode_step_by_step(model, src[indices], tgt[indices])
     torch.testing.assert_close(torch.stack(reordered, 1), expected[:, 3:], atol=1e-5, rtol=0)
+
+
+def test_memory_carries_each_layers_cross_attention_keys_and_values():
+    model = tiny()
+    src, tgt = tokens(2, 5), tokens(2, 6, seed=1)
+    with torch.no_grad():
+        memory = model.encode(src, padding_mask(src))
+        assert len(memory.derived) == 2 * 2  # keys and values of each of the 2 decoder layers
+        assert memory.derived[0].shape == (2, 4, 5, 8)  # (B, H, S, Dh)
+        bare = Memory(memory.states, memory.mask)  # without them, the decoder projects the states
+        torch.testing.assert_close(model.decode(memory, tgt), model.decode(bare, tgt))
 
 
 def test_one_state_continued_two_ways_gives_both_results():

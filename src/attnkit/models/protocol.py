@@ -13,14 +13,25 @@ from torch import Tensor
 
 
 class Memory(NamedTuple):
-    """What the encoder hands the decoder: states (B, S, D) and the source mask (B, S)."""
+    """What the encoder hands the decoder: states (B, S, D) and the source mask (B, S).
+
+    `derived` holds tensors (B, ...) that a model computes from the states once per batch and
+    reads at every decoding step, such as the Transformer's cross-attention keys and values. They
+    live here rather than in the decoder state because they change only when the memory does:
+    beam search reorders the state at every step but the memory only when sentences finish.
+    """
 
     states: Tensor
     mask: Tensor
+    derived: tuple[Tensor, ...] = ()
 
     def reorder(self, indices: Tensor) -> Memory:
         """Select (and repeat) batch rows, e.g. to expand each sentence to its beam."""
-        return Memory(self.states.index_select(0, indices), self.mask.index_select(0, indices))
+        return Memory(
+            self.states.index_select(0, indices),
+            self.mask.index_select(0, indices),
+            tuple(tensor.index_select(0, indices) for tensor in self.derived),
+        )
 
 
 class State(Protocol):

@@ -126,7 +126,6 @@ class RecurrentState:
     hidden: Tensor  # (L, B, D) each decoder layer's hidden state
     cell: Tensor | None  # (L, B, D) LSTM memory cells; None for rnn and gru
     feed: Tensor | None  # (B, D) input to the next step beside the token: Luong's h~, Cho's summary
-    keys: Tensor | None  # (B, S, A) the memory as the attention's keys, projected once
 
     def reorder(self, indices: Tensor) -> RecurrentState:
         """The state of batch rows `indices` (B',), in that order."""
@@ -138,7 +137,6 @@ class RecurrentState:
             self.hidden.index_select(1, indices),
             pick(self.cell, 1),
             pick(self.feed, 0),
-            pick(self.keys, 0),
         )
 
 
@@ -182,7 +180,11 @@ class PlainDecoder(nn.Module):
         self, memory: Memory, hidden: Tensor, cell: Tensor | None, summary: Tensor
     ) -> RecurrentState:
         """The state before the first token; the summary (B, D) is fed on when asked."""
-        return RecurrentState(hidden, cell, summary if self.context_every_step else None, None)
+        return RecurrentState(hidden, cell, summary if self.context_every_step else None)
+
+    def memory_derived(self, states: Tensor) -> tuple[Tensor, ...]:
+        """Nothing: this decoder does not attend."""
+        return ()
 
     def forward(self, x: Tensor, memory: Memory, state: RecurrentState) -> Tensor:
         """Embedded target x (B, T, D) -> outputs (B, T, D)."""
@@ -225,8 +227,12 @@ class BahdanauDecoder(nn.Module):
     def start(
         self, memory: Memory, hidden: Tensor, cell: Tensor | None, summary: Tensor
     ) -> RecurrentState:
-        """The state before the first token, with the memory projected once as keys."""
-        return RecurrentState(hidden, cell, None, self.attention.keys(memory.states))
+        """The state before the first token."""
+        return RecurrentState(hidden, cell, None)
+
+    def memory_derived(self, states: Tensor) -> tuple[Tensor, ...]:
+        """The memory as the attention's keys (B, S, A), projected once: `Memory.derived`."""
+        return (self.attention.keys(states),)
 
     def forward(self, x: Tensor, memory: Memory, state: RecurrentState) -> Tensor:
         """Embedded target x (B, T, D) -> outputs (B, T, D)."""
@@ -236,7 +242,7 @@ class BahdanauDecoder(nn.Module):
         self, x: Tensor, memory: Memory, state: RecurrentState
     ) -> tuple[Tensor, RecurrentState, Tensor]:
         """One token x (B, D) -> output (B, D), the next state, attention (B, S)."""
-        attended = self.attention(state.hidden[-1], memory.states, memory.mask, state.keys)
+        attended = self.attention(state.hidden[-1], memory.states, memory.mask, *memory.derived)
         outputs, state = recur(self.rnn, torch.cat([x, attended.context], dim=-1)[:, None], state)
         return outputs[:, 0], state, attended.weights
 
@@ -261,10 +267,12 @@ class LuongDecoder(nn.Module):
     def start(
         self, memory: Memory, hidden: Tensor, cell: Tensor | None, summary: Tensor
     ) -> RecurrentState:
-        """The state before the first token: h~_0 = 0, the memory projected once as keys."""
-        return RecurrentState(
-            hidden, cell, torch.zeros_like(summary), self.attention.keys(memory.states)
-        )
+        """The state before the first token: h~_0 = 0."""
+        return RecurrentState(hidden, cell, torch.zeros_like(summary))
+
+    def memory_derived(self, states: Tensor) -> tuple[Tensor, ...]:
+        """The memory as the attention's keys (B, S, Dq), projected once: `Memory.derived`."""
+        return (self.attention.keys(states),)
 
     def forward(self, x: Tensor, memory: Memory, state: RecurrentState) -> Tensor:
         """Embedded target x (B, T, D) -> attentional vectors (B, T, D)."""
@@ -276,7 +284,7 @@ class LuongDecoder(nn.Module):
         """One token x (B, D) -> attentional vector (B, D), the next state, attention (B, S)."""
         outputs, state = recur(self.rnn, torch.cat([x, state.feed], dim=-1)[:, None], state)
         top = outputs[:, 0]  # h_t (B, D)
-        attended = self.attention(top, memory.states, memory.mask, state.keys)
+        attended = self.attention(top, memory.states, memory.mask, *memory.derived)
         attentional = torch.tanh(self.combine(torch.cat([attended.context, top], dim=-1)))
         return attentional, dataclasses.replace(state, feed=attentional), attended.weights
 
@@ -368,9 +376,11 @@ class RecurrentSeq2Seq(nn.Module):
         return self.dropout(select_positions(outputs, positions))
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
-        """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D') with the mask."""
+        """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D') with the mask, and
+        as `derived` the attention's keys of them (B, S, A), projected once."""
         x = self.dropout(self.source_embedding(src))
-        return Memory(self.encoder(x, src_mask), src_mask)
+        states = self.encoder(x, src_mask)
+        return Memory(states, src_mask, self.decoder.memory_derived(states))
 
     def init_state(self, memory: Memory) -> RecurrentState:
         """Every decoder layer starts from the bridged summary, an LSTM's cells too."""

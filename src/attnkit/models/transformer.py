@@ -187,23 +187,16 @@ class DecoderLayer(nn.Module):
         self.feed_forward_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
 
     def forward(
-        self, x: Tensor, memory: Tensor, memory_mask: Tensor, *, need_weights: bool = False
+        self, x: Tensor, memory_cache: KVCache, memory_mask: Tensor, *, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        """Every target position at once: x (B, T, D), memory (B, S, D), mask (B, 1, 1, S).
+        """Every target position at once: x (B, T, D), the memory's keys and values (B, H, S, Dh)
+        in `memory_cache`, mask (B, 1, 1, S).
 
         Returns the new x (B, T, D) and, when asked, the cross-attention weights (B, H, T, S).
         """
         h = self.self_attention(self.self_attention_block.before(x), causal=True).context
         x = self.self_attention_block.after(x, h)
-        attended = self.cross_attention(
-            self.cross_attention_block.before(x),
-            memory,
-            mask=memory_mask,
-            need_weights=need_weights,
-        )
-        x = self.cross_attention_block.after(x, attended.context)
-        x = self.feed_forward_block.after(x, self.feed_forward(self.feed_forward_block.before(x)))
-        return x, attended.weights
+        return self._cross_and_feed_forward(x, memory_cache, memory_mask, need_weights)
 
     def step(
         self,
@@ -223,6 +216,13 @@ class DecoderLayer(nn.Module):
             self.self_attention_block.before(x), self_cache
         )
         x = self.self_attention_block.after(x, attended.context)
+        x, weights = self._cross_and_feed_forward(x, memory_cache, memory_mask, need_weights)
+        return x, self_cache, weights
+
+    def _cross_and_feed_forward(
+        self, x: Tensor, memory_cache: KVCache, memory_mask: Tensor, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """The cross-attention and feed-forward blocks, after self-attention."""
         attended = self.cross_attention.attend_cache(
             self.cross_attention_block.before(x),
             memory_cache,
@@ -231,23 +231,21 @@ class DecoderLayer(nn.Module):
         )
         x = self.cross_attention_block.after(x, attended.context)
         x = self.feed_forward_block.after(x, self.feed_forward(self.feed_forward_block.before(x)))
-        return x, self_cache, attended.weights
+        return x, attended.weights
 
 
 @dataclass(frozen=True)
 class TransformerState:
-    """The decoder's state between steps: per-layer key/value caches and the next position."""
+    """The decoder's state between steps: per-layer self-attention key/value caches and the next
+    position. The memory's keys and values for cross-attention are in `Memory.derived`."""
 
     self_attention: tuple[KVCache, ...]  # per layer: the target positions so far
-    cross_attention: tuple[KVCache, ...]  # per layer: the memory, projected once
     position: int
 
     def reorder(self, indices: Tensor) -> TransformerState:
         """The state of batch rows `indices` (B',), in that order."""
         return TransformerState(
-            tuple(cache.reorder(indices) for cache in self.self_attention),
-            tuple(cache.reorder(indices) for cache in self.cross_attention),
-            self.position,
+            tuple(cache.reorder(indices) for cache in self.self_attention), self.position
         )
 
 
@@ -267,37 +265,47 @@ class Decoder(nn.Module):
         self.final_norm = nn.LayerNorm(d_model) if pre_norm else nn.Identity()
 
     def forward(
-        self, x: Tensor, memory: Tensor, memory_mask: Tensor, *, need_weights: bool = False
+        self, x: Tensor, memory: Memory, *, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
         """Embedded target x (B, T, D) -> hidden states (B, T, D).
 
         With `need_weights`, also the cross-attention of every layer (L, B, H, T, S).
         """
-        weights = []
-        for layer in self.layers:
-            x, layer_weights = layer(x, memory, memory_mask, need_weights=need_weights)
+        weights, mask = [], key_padding_mask(memory.mask)
+        for layer, memory_cache in zip(self.layers, self.memory_caches(memory), strict=True):
+            x, layer_weights = layer(x, memory_cache, mask, need_weights=need_weights)
             weights.append(layer_weights)
         return self.final_norm(x), torch.stack(weights) if need_weights else None
 
     def step(
-        self, x: Tensor, state: TransformerState, memory_mask: Tensor, *, need_weights: bool
+        self, x: Tensor, memory: Memory, state: TransformerState, *, need_weights: bool
     ) -> tuple[Tensor, TransformerState, Tensor | None]:
         """Decode one new position x (B, 1, D), reading and extending the caches in `state`.
 
         Returns the hidden state (B, 1, D), the next state and, when asked, the last layer's
         cross-attention (B, H, 1, S).
         """
-        self_caches, weights = [], None
+        self_caches, weights, mask = [], None, key_padding_mask(memory.mask)
         last = len(self.layers) - 1
         for i, (layer, self_cache, memory_cache) in enumerate(
-            zip(self.layers, state.self_attention, state.cross_attention, strict=True)
+            zip(self.layers, state.self_attention, self.memory_caches(memory), strict=True)
         ):
             x, self_cache, weights = layer.step(
-                x, self_cache, memory_cache, memory_mask, need_weights=need_weights and i == last
+                x, self_cache, memory_cache, mask, need_weights=need_weights and i == last
             )
             self_caches.append(self_cache)
-        state = TransformerState(tuple(self_caches), state.cross_attention, state.position + 1)
-        return self.final_norm(x), state, weights
+        return self.final_norm(x), TransformerState(tuple(self_caches), state.position + 1), weights
+
+    def memory_derived(self, states: Tensor) -> tuple[Tensor, ...]:
+        """Each layer's cross-attention keys and values (B, H, S, Dh) of the encoder `states`,
+        flat (keys, values, keys, ...): what `Transformer.encode` puts in `Memory.derived`."""
+        caches = [layer.cross_attention.cache_memory(states) for layer in self.layers]
+        return tuple(tensor for cache in caches for tensor in (cache.keys, cache.values))
+
+    def memory_caches(self, memory: Memory) -> list[KVCache]:
+        """Each layer's cross-attention cache, from `memory.derived` (computed here if empty)."""
+        derived = memory.derived or self.memory_derived(memory.states)
+        return [KVCache.of(derived[i], derived[i + 1]) for i in range(0, len(derived), 2)]
 
 
 class Transformer(nn.Module):
@@ -376,38 +384,33 @@ class Transformer(nn.Module):
         return select_positions(self.decode(self.encode(src, src_mask), tgt_in), positions)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
-        """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D) with the mask."""
+        """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D) with the mask, and
+        as `derived` every decoder layer's cross-attention keys and values of them, computed
+        once (training and decoding alike read them)."""
         x = self._embed(src, self.source_embedding, self.source_positions)
-        return Memory(self.encoder(x, key_padding_mask(src_mask)), src_mask)
+        states = self.encoder(x, key_padding_mask(src_mask))
+        return Memory(states, src_mask, self.decoder.memory_derived(states))
 
     def decode(self, memory: Memory, tgt_in: Tensor) -> Tensor:
         """Decoder hidden states (B, T, D) for `tgt_in` (B, T); logits are their projection."""
         x = self._embed(tgt_in, self.target_embedding, self.target_positions)
-        hidden, _ = self.decoder(x, memory.states, key_padding_mask(memory.mask))
+        hidden, _ = self.decoder(x, memory)
         return hidden
 
     def cross_attention(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher-forced cross-attention of every layer and head (L, B, H, T, S), for heatmaps."""
         memory = self.encode(src, src_mask)
         x = self._embed(tgt_in, self.target_embedding, self.target_positions)
-        _, weights = self.decoder(
-            x, memory.states, key_padding_mask(memory.mask), need_weights=True
-        )
+        _, weights = self.decoder(x, memory, need_weights=True)
         return weights
 
     def init_state(self, memory: Memory) -> TransformerState:
-        """Empty self-attention caches, and the memory projected once for cross-attention."""
+        """Empty self-attention caches; cross-attention reads the memory's `derived` keys."""
         batch_size, device = memory.states.size(0), memory.states.device
-        layers = self.decoder.layers
-        return TransformerState(
-            self_attention=tuple(
-                layer.self_attention.empty_cache(batch_size, device) for layer in layers
-            ),
-            cross_attention=tuple(
-                layer.cross_attention.cache_memory(memory.states) for layer in layers
-            ),
-            position=0,
+        caches = (
+            layer.self_attention.empty_cache(batch_size, device) for layer in self.decoder.layers
         )
+        return TransformerState(self_attention=tuple(caches), position=0)
 
     def decode_step(
         self,
@@ -424,9 +427,7 @@ class Transformer(nn.Module):
         x = self._embed(
             prev_tokens[:, None], self.target_embedding, self.target_positions, state.position
         )  # (B, 1, D)
-        hidden, state, weights = self.decoder.step(
-            x, state, key_padding_mask(memory.mask), need_weights=need_attention
-        )
+        hidden, state, weights = self.decoder.step(x, memory, state, need_weights=need_attention)
         logits = self.output_projection(hidden[:, 0])  # (B, V)
         attention = weights.mean(dim=1)[:, 0] if weights is not None else None  # (B, S)
         return Step(log_softmax(logits), state, attention)
