@@ -143,6 +143,17 @@ def plot(results: list[dict], path: Path) -> None:
         lengths = [r["length"] for r in rows]
         left.plot(lengths, [r["seconds"] for r in rows], style, label=part)
         right.plot(lengths, [r["peak_rss_mib"] for r in rows], style, label=part)
+    # At a fixed token budget the linear layers cost the same at every length, so the FLOPs of a
+    # step grow as 1 / (1 - attention share): the expected curve, from the shortest length's time.
+    train = [r for r in results if r["part"] == "train"]
+    if train:
+        share = {r["length"]: r["attention_share"] for r in train}
+        first = train[0]
+        expected = [
+            first["seconds"] * (1 - share[first["length"]]) / (1 - share[r["length"]])
+            for r in train
+        ]
+        left.plot(share.keys(), expected, ":", color="gray", label="train, expected from FLOPs")
     for axis, label in ((left, "seconds"), (right, "peak RSS, MiB")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("source length (tokens)")
@@ -165,6 +176,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS))
     parser.add_argument("--plot", type=Path, help="write the figure here (PNG)")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--one", nargs=2, metavar=("PART", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -186,7 +198,7 @@ def main() -> None:
             length, d=size.d_model, d_ff=size.d_ff, layers=size.encoder_layers, vocab=VOCAB
         )
         for part in ("train", "decode"):
-            r = run_child(part, length, args)
+            r = run_child(part, length, args) | {"attention_share": share}
             results.append(r)
             tokens = r["sentences"] * (length if part == "train" else args.out_len)
             shown = f"{share:.0%}" if part == "train" else "-"
@@ -196,6 +208,8 @@ def main() -> None:
                 f"{shown:>15}",
                 flush=True,
             )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
     if args.plot:
         plot(results, args.plot)
         print(f"figure: {args.plot}")
