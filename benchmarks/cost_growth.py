@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peers_result import peak_rss_mib
 
 from attnkit.config import ModelConfig
 from attnkit.data.batching import Batch
@@ -54,11 +54,6 @@ def attention_share(n: int, *, d: int, d_ff: int, layers: int, vocab: int) -> fl
     linear = 2 * (encoder_linear + decoder_linear + cross_kv)
     attention = 4 * n * d * layers * 3  # encoder self, decoder self, decoder cross
     return attention / (attention + linear)
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory so far, MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def random_batch(sentences: int, length: int, generator: torch.Generator) -> Batch:

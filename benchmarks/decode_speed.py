@@ -46,8 +46,9 @@ class PrefixState:
 class FullPrefix(nn.Module):
     """A Transformer behind the model protocol without its cache: every step re-decodes the prefix.
 
-    Each step costs the decoder work of all T positions so far (self-attention, cross-attention
-    with the memory projected again, feed-forward), where the cached model does one position.
+    Each step costs the decoder work of all T positions so far (self-attention, cross-attention,
+    feed-forward), where the cached model does one position. Both read the memory's keys and
+    values from `Memory.derived`, projected once.
     """
 
     def __init__(self, model: nn.Module) -> None:

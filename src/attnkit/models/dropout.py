@@ -43,14 +43,12 @@ class Dropout(nn.Module):
         return x * keep_mask(x, self.p).to(x.dtype).mul_(self._scale())
 
     def residual(self, x: Tensor, output: Tensor) -> Tensor:
-        """`x + self(output)`, on the CPU in one pass that also scales the kept elements."""
-        if not self.training or self.p == 0.0:
-            return x + output
-        if x.device.type != "cpu":
-            return x + F.dropout(output, self.p, training=True)
-        return torch.addcmul(
-            x, output, keep_mask(output, self.p).to(output.dtype), value=self._scale()
-        )
+        """`x + self(output)`, on the CPU in training in one pass that also scales the kept
+        elements."""
+        if self.training and self.p > 0.0 and output.device.type == "cpu":
+            mask = keep_mask(output, self.p).to(output.dtype)
+            return torch.addcmul(x, output, mask, value=self._scale())
+        return x + self(output)
 
     def _scale(self) -> float:
         """1 / (1 - p) for the rate the mask really has (p rounded to a multiple of 1/65536)."""
