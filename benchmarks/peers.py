@@ -50,6 +50,16 @@ wheel folder that pip is configured with; an unpinned torch would pull a multi-G
 declared `torch>=1.12.0`, so it accepted torch 2.13.0+cpu as it was and no older torch was
 needed; its `protobuf<3.21` pin resolved to protobuf 3.20.3 beside tensorboard 2.20, and
 `pip check` found no broken requirement. The Marian environment got transformers 5.24.0.
+
+On a GPU (`--device cuda`), every system trains and decodes on it in mixed precision: attnkit and
+Marian under bf16 autocast (attnkit's `train.precision` and `decode.precision` `auto`), JoeyNMT
+under its own `fp16` setting, the only one it has (fp16 autocast with a gradient scaler); each
+timed step waits for its GPU work, and the table adds the peak GPU memory
+(`torch.cuda.max_memory_allocated`). `--current-python` runs the peers with this interpreter
+instead of building environments, for a machine where they are installed already (the GPU
+machine's image holds transformers; JoeyNMT travels as wheels on PYTHONPATH, which is then kept):
+
+    python benchmarks/peers.py DATA --device cuda --current-python --threads 8 --steps 200
 """
 
 from __future__ import annotations
@@ -65,8 +75,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peers_result import peak_rss_mib, worker_result
-from train_speed import Trainer
+from peers_result import peak_gpu_mib, peak_rss_mib, worker_result
+from train_speed import Trainer, device_name, synchronize
 
 from attnkit import runtime
 from attnkit.config import Config, DecodeConfig, ModelConfig
@@ -163,12 +173,14 @@ def prepare_work(args: argparse.Namespace, work: Path) -> None:
     write_lines(work / "decode.en", [lines[i] for i in np.argsort(lengths, kind="stable")])
 
 
-def attnkit_train(model: torch.nn.Module, work: Path, warmup: int) -> tuple[float, int]:
+def attnkit_train(
+    model: torch.nn.Module, work: Path, warmup: int, device: torch.device
+) -> tuple[float, int]:
     """Train on every planned batch with attnkit's training step; the seconds and target tokens
     of the batches after `warmup`, collating included."""
     corpus = TokenizedCorpus.load(work / "corpus.npz")
     plan = json.loads((work / "plan.json").read_text())
-    trainer = Trainer(model, attnkit_loss=True)
+    trainer = Trainer(model, attnkit_loss=True, device=device)
     seconds, tokens = 0.0, 0
     for step, indices in enumerate(plan, start=1):
         lr = learning_rate(
@@ -194,6 +206,7 @@ def attnkit_decode(translator: Translator, lines: list[str]) -> tuple[float, lis
     for first in range(0, len(lines), DECODE_BATCH):
         found = translator.translate(lines[first : first + DECODE_BATCH], max_tokens=budget)
         lengths.extend(len(hyps[0].tokens) for hyps in found)
+    synchronize(translator.device)
     return time.perf_counter() - start, lengths
 
 
@@ -204,26 +217,28 @@ def attnkit_worker(args: argparse.Namespace) -> dict:
     tokenizers = load_tokenizers(args.worker / "tokenizer")
     vocab = tokenizers.src.vocab_size
     model = build_model(ModelConfig(preset="small"), src_vocab=vocab, tgt_vocab=vocab)
-    seconds, tokens = attnkit_train(model, args.worker, args.warmup)
-    peak_rss = peak_rss_mib()
+    device = torch.device(args.device)
+    seconds, tokens = attnkit_train(model, args.worker, args.warmup, device)
+    peak_rss, peak_gpu = peak_rss_mib(), peak_gpu_mib(torch, device)
     decode = DecodeConfig(beam=BEAM, max_len_a=0.0, max_len_b=args.out_len, min_len=args.out_len)
-    translator = Translator(model.eval(), tokenizers, Config(decode=decode), torch.device("cpu"))
+    translator = Translator(model.eval(), tokenizers, Config(decode=decode), device)
     lines = read_lines(args.worker / "decode.en")
     decode_seconds, lengths = attnkit_decode(translator, lines)
     trained = {"seconds": seconds, "tokens": tokens, "batches": args.steps}
     decoded = {"seconds": decode_seconds, "sentences": len(lines), "tokens": sum(lengths)}
     version = f"attnkit (this tree), torch {torch.__version__}"
-    return worker_result("attnkit", version, model, trained, decoded, peak_rss)
+    return worker_result("attnkit", version, model, trained, decoded, peak_rss, peak_gpu)
 
 
 def worker_command(system: str, args: argparse.Namespace, work: Path) -> list[str]:
     """The command line that runs one system's worker on the prepared `work` folder."""
     common = ["--warmup", str(args.warmup), "--threads", str(args.threads)]
-    common += ["--out-len", str(args.out_len)]
+    common += ["--out-len", str(args.out_len), "--device", args.device]
     if system == "attnkit":
         return [sys.executable, str(Path(__file__).resolve()), str(args.data), "--worker",
                 str(work), "--steps", str(args.steps), *common]  # fmt: skip
     python = str((args.venvs / system / "bin" / "python").absolute())  # not resolve(): a link
+    python = sys.executable if args.current_python else python
     schedule = ["--decode-batch", str(DECODE_BATCH), "--lr", str(LR), "--lr-warmup", str(LR_WARMUP)]
     if system == "marian":
         return [python, str(BENCHMARKS / "peers_marian.py"), str(work), *common, *schedule]
@@ -232,16 +247,18 @@ def worker_command(system: str, args: argparse.Namespace, work: Path) -> list[st
             "--steps", str(args.steps), "--batch-size", str(joey_batch), *common, *schedule]  # fmt: skip
 
 
-def run_worker(system: str, command: list[str], threads: int, log: Path) -> dict:
-    """Run one worker with `threads` threads; its JSON result, or an `error` saying why none came."""
+def run_worker(system: str, command: list[str], args: argparse.Namespace, log: Path) -> dict:
+    """Run one worker with `args.threads` threads; its JSON result, or an `error` saying why
+    none came."""
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
+        "OMP_NUM_THREADS": str(args.threads),
+        "MKL_NUM_THREADS": str(args.threads),
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",  # nothing may be downloaded at run time
-        "PYTHONPATH": "",  # each worker sees only its own environment
     }
+    if not args.current_python:
+        env["PYTHONPATH"] = ""  # each worker sees only its own environment
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"running {system} (log: {log}) ...", file=sys.stderr, flush=True)
     with log.open("w") as handle:
@@ -260,7 +277,8 @@ def table(results: list[dict]) -> str:
     """The results as an aligned markdown table, with attnkit's speeds over each system's."""
     ours = next((r for r in results if r["system"] == "attnkit" and "error" not in r), None)
     header = ["system", "version", "trained params", "tgt tok/batch", "train tgt tok/s", "peak RSS MiB",
-              "beam-5 sent/s", "out tok/sent", "attnkit/x train", "attnkit/x decode"]  # fmt: skip
+              "peak GPU MiB", "beam-5 sent/s", "out tok/sent", "attnkit/x train",
+              "attnkit/x decode"]  # fmt: skip
     rows = []
     for r in results:
         if "error" in r:
@@ -275,7 +293,9 @@ def table(results: list[dict]) -> str:
         rows.append([
             r["system"], r["version"], f"{r['params'] / 1e6:.2f}M",
             f"{r['tgt_tokens_per_batch']:,.0f}", f"{r['train_tokens_per_s']:,.0f}",
-            f"{r['peak_rss_mib']:,.0f}", f"{r['decode_sentences_per_s']:.1f}",
+            f"{r['peak_rss_mib']:,.0f}",
+            "-" if r.get("peak_gpu_mib") is None else f"{r['peak_gpu_mib']:,.0f}",
+            f"{r['decode_sentences_per_s']:.1f}",
             f"{r['output_tokens_per_sentence']:.1f}", *ratios,
         ])  # fmt: skip
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
@@ -302,6 +322,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--decode-limit", type=int, default=1000, help="test sentences to decode")
     parser.add_argument("--out-len", type=int, default=25, help="tokens per translation")
     parser.add_argument("--venvs", type=Path, default=Path(".bench"), help="peer environments")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
+    parser.add_argument(
+        "--current-python",
+        action="store_true",
+        help="run the peers with this interpreter instead of building environments",
+    )
     parser.add_argument("--only", default=",".join(SYSTEMS), help="systems to run, comma-separated")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # attnkit's own process
@@ -326,7 +352,9 @@ def main() -> None:
         return
 
     ready = {
-        name: None if name == "attnkit" else build_environment(name, args.venvs)
+        name: None
+        if name == "attnkit" or args.current_python
+        else build_environment(name, args.venvs)
         for name in args.only
     }
     results = []
@@ -339,10 +367,9 @@ def main() -> None:
                 results.append({"system": system, "error": f"not installed: {ready[system]}"})
                 continue
             log = args.venvs / "logs" / f"{system}.log"
-            results.append(
-                run_worker(system, worker_command(system, args, work), args.threads, log)
-            )
+            results.append(run_worker(system, worker_command(system, args, work), args, log))
     print(
+        f"{device_name(torch.device(args.device))}, "
         f"threads {args.threads}, {args.steps} timed training steps after {args.warmup}, "
         f"max tokens {args.max_tokens}, beam {BEAM}, {args.out_len} output tokens, "
         f"decoding batches of {DECODE_BATCH} sentences"

@@ -17,7 +17,9 @@ Training runs the body of `TrainManager.train_and_validate` itself (next batch f
 iterator, `_train_step`, clip, optimizer step, scheduler step, zero_grad), without the logging,
 validation and checkpoints around it, so that the steps after `--warmup` can be timed alone;
 batches are made and tokenized on the fly, as JoeyNMT always does, inside the timed steps.
-Decoding uses `joeynmt.prediction.predict` on `decode.en`. Prints one JSON line on stdout.
+Decoding uses `joeynmt.prediction.predict` on `decode.en`. With `--device cuda` JoeyNMT runs on
+the GPU with its `fp16` setting (fp16 autocast and a gradient scaler, its only mixed precision),
+and each timed step waits for its GPU work. Prints one JSON line on stdout.
 
     .bench/joeynmt/bin/python benchmarks/peers_joeynmt.py WORK --data ../shared/data/multi30k
 """
@@ -43,7 +45,7 @@ from joeynmt.datasets import BaseDataset, build_dataset
 from joeynmt.model import Model
 from joeynmt.prediction import predict, prepare
 from joeynmt.training import TrainManager
-from peers_result import peak_rss_mib, worker_result
+from peers_result import peak_gpu_mib, peak_rss_mib, worker_result
 from torch.utils.data import DataLoader
 
 
@@ -85,7 +87,8 @@ def write_config(args: argparse.Namespace) -> Path:
     config = {
         "name": "peers",
         "model_dir": str(home / "model"),
-        "use_cuda": False,
+        "use_cuda": args.device == "cuda",
+        "fp16": args.device == "cuda",
         "random_seed": 1,
         "data": {
             "train": str(args.data / "train"),
@@ -172,10 +175,16 @@ def train(
         trainer._train_step(batch)
         if trainer.clip_grad_fun is not None:
             trainer.clip_grad_fun(parameters=model.parameters())
-        trainer.optimizer.step()
+        if trainer.scaler is None:
+            trainer.optimizer.step()
+        else:  # fp16 on CUDA, as `train_and_validate` does it
+            trainer.scaler.step(trainer.optimizer)
+            trainer.scaler.update()
         trainer.scheduler.step(trainer.stats.steps)
         model.zero_grad()
         trainer.stats.steps += 1
+        if trainer.device.type == "cuda":
+            torch.cuda.synchronize()
         if step > args.warmup:
             seconds += time.perf_counter() - start
             tokens += int(batch.ntokens)  # non-pad target positions, eos included
@@ -207,7 +216,7 @@ def decode(
 
     def translate(data: BaseDataset) -> tuple:
         return predict(
-            model=model, data=data, device=run.device, n_gpu=0, compute_loss=False,
+            model=model, data=data, device=run.device, n_gpu=run.n_gpu, compute_loss=False,
             normalization="none", num_workers=0, args=run.test, autocast=run.autocast,
         )  # fmt: skip
 
@@ -232,6 +241,7 @@ def main() -> None:
     parser.add_argument("--decode-batch", type=int, default=64, help="sentences per batch")
     parser.add_argument("--lr", type=float, default=7e-4, help="peak learning rate")
     parser.add_argument("--lr-warmup", type=int, default=400, help="learning-rate warm-up steps")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run")
     args = parser.parse_args()
     args.work, args.data = args.work.resolve(), args.data.resolve()
     torch.set_num_threads(args.threads)
@@ -243,12 +253,12 @@ def main() -> None:
     run.model_dir.mkdir(parents=True, exist_ok=True)
     model, train_data, _, test_data = prepare(run, rank=0, mode="train")
     trainer = TrainManager(
-        model=model, model_dir=run.model_dir, device=run.device, n_gpu=0, rank=0,
+        model=model, model_dir=run.model_dir, device=run.device, n_gpu=run.n_gpu, rank=0,
         num_workers=0, autocast=run.autocast, seed=run.seed, train_args=run.train,
         dev_args=set_validation_args(run.test),
     )  # fmt: skip
     trained = train(trainer, train_data, args)
-    peak_rss = peak_rss_mib()
+    peak_rss, peak_gpu = peak_rss_mib(), peak_gpu_mib(torch, run.device)
     decoded = decode(model, test_data, run, args)
     result = worker_result(
         "joeynmt",
@@ -257,6 +267,7 @@ def main() -> None:
         trained,
         decoded,
         peak_rss,
+        peak_gpu,
     )
     print(json.dumps(result))
 

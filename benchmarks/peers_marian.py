@@ -13,7 +13,8 @@ ReLU, shared and tied embeddings, sinusoidal positions; Marian is post-norm and 
 option). Training: Adam, linear warm-up then inverse square root, label-smoothed cross-entropy
 over real target tokens, gradient clipping at 1. Decoding: `generate` with beam 5, exactly
 `--out-len` tokens and then a forced eos per sentence, the same decoder steps as the others.
-Prints one JSON line of results on stdout. Nothing is downloaded.
+With `--device cuda` both run on the GPU under bf16 autocast, and each timed step waits for its
+GPU work. Prints one JSON line of results on stdout. Nothing is downloaded.
 
     .bench/marian/bin/python benchmarks/peers_marian.py WORK --warmup 5 --threads 2
 """
@@ -31,7 +32,7 @@ import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 import transformers
-from peers_result import peak_rss_mib, worker_result
+from peers_result import peak_gpu_mib, peak_rss_mib, worker_result
 from torch import Tensor
 from transformers import MarianConfig, MarianMTModel
 
@@ -75,6 +76,11 @@ def pad(
     return out
 
 
+def mixed_precision(device: torch.device):
+    """bf16 autocast on CUDA; nothing on the CPU (fp32 there, as for the other systems)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def make_batch(corpus: dict[str, np.ndarray], indices: list[int]) -> dict[str, Tensor]:
     """The tensors of one batch: source + eos, bos + target as decoder input, target + eos."""
 
@@ -108,19 +114,22 @@ def train(model: MarianMTModel, work: Path, args: argparse.Namespace) -> dict[st
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, lr=args.lr, warmup=args.lr_warmup)
         start = time.perf_counter()
-        batch = make_batch(corpus, indices)
+        batch = {k: v.to(args.device) for k, v in make_batch(corpus, indices).items()}
         labels = batch.pop("labels")
-        logits = model(**batch).logits  # (B, T, V)
-        loss = F.cross_entropy(
-            logits.reshape(-1, logits.size(-1)),
-            labels.reshape(-1),
-            ignore_index=PAD_ID,
-            label_smoothing=0.1,
-        )
+        with mixed_precision(args.device):
+            logits = model(**batch).logits  # (B, T, V)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)),
+                labels.reshape(-1),
+                ignore_index=PAD_ID,
+                label_smoothing=0.1,
+            )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if args.device.type == "cuda":
+            torch.cuda.synchronize()
         if step > args.warmup:
             seconds += time.perf_counter() - start
             tokens += int((labels != PAD_ID).sum())
@@ -132,7 +141,7 @@ def translate(
     model: MarianMTModel, sp: spm.SentencePieceProcessor, lines: list[str], out_len: int
 ) -> list[list[int]]:
     """Beam-5 outputs of `lines` as one batch: exactly `out_len` tokens, then eos, each."""
-    input_ids = pad(sp.encode(lines), after=(EOS_ID,))  # (B, S)
+    input_ids = pad(sp.encode(lines), after=(EOS_ID,)).to(model.device)  # (B, S)
     outputs = model.generate(
         input_ids=input_ids,
         attention_mask=input_ids != PAD_ID,
@@ -152,7 +161,7 @@ def decode(model: MarianMTModel, work: Path, args: argparse.Namespace) -> dict[s
     sp = spm.SentencePieceProcessor(model_file=str(work / "tokenizer" / "joint.model"))
     lines = (work / "decode.en").read_text(encoding="utf-8").splitlines()
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), mixed_precision(args.device):
         translate(model, sp, lines[:2], args.out_len)  # untimed warm-up
         start, lengths = time.perf_counter(), []
         for first in range(0, len(lines), args.decode_batch):
@@ -171,14 +180,15 @@ def main() -> None:
     parser.add_argument("--decode-batch", type=int, default=64, help="sentences per batch")
     parser.add_argument("--lr", type=float, default=7e-4, help="peak learning rate")
     parser.add_argument("--lr-warmup", type=int, default=400, help="learning-rate warm-up steps")
+    parser.add_argument("--device", type=torch.device, default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)
 
     sp = spm.SentencePieceProcessor(model_file=str(args.work / "tokenizer" / "joint.model"))
-    model = build_model(sp.get_piece_size())
+    model = build_model(sp.get_piece_size()).to(args.device)
     trained = train(model, args.work, args)
-    peak_rss = peak_rss_mib()
+    peak_rss, peak_gpu = peak_rss_mib(), peak_gpu_mib(torch, args.device)
     decoded = decode(model, args.work, args)
     result = worker_result(
         "marian",
@@ -187,6 +197,7 @@ def main() -> None:
         trained,
         decoded,
         peak_rss,
+        peak_gpu,
     )
     print(json.dumps(result))
 

@@ -13,14 +13,30 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_gpu_mib(torch, device) -> float | None:
+    """The peak GPU memory that `torch` (the worker's module) allocated on `device`, in MiB;
+    None on the CPU. Taken as an argument so that this module imports nothing beyond the
+    standard library."""
+    if str(device).startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
 def worker_result(
-    system: str, version: str, model, trained: dict, decoded: dict, peak_rss: float
+    system: str,
+    version: str,
+    model,
+    trained: dict,
+    decoded: dict,
+    peak_rss: float,
+    peak_gpu: float | None = None,
 ) -> dict:
     """The figures of one system.
 
     `model` is the trained torch module (its trainable parameters are counted); `trained` has
     the timed "seconds", real target "tokens" and "batches"; `decoded` has "seconds",
-    "sentences" and output "tokens"; `peak_rss` is `peak_rss_mib()` read when training ended.
+    "sentences" and output "tokens"; `peak_rss` is `peak_rss_mib()` read when training ended,
+    `peak_gpu` is `peak_gpu_mib()` read then (None on the CPU).
     """
     return {
         "system": system,
@@ -30,6 +46,7 @@ def worker_result(
         "tgt_tokens_per_batch": trained["tokens"] / max(trained["batches"], 1),
         "train_tokens_per_s": trained["tokens"] / trained["seconds"],
         "peak_rss_mib": peak_rss,
+        "peak_gpu_mib": peak_gpu,
         "decode_sentences": decoded["sentences"],
         "decode_sentences_per_s": decoded["sentences"] / decoded["seconds"],
         "output_tokens_per_sentence": decoded["tokens"] / decoded["sentences"],

@@ -11,7 +11,9 @@ second, against the fp32 matmul rate measured in the same run).
     python benchmarks/train_speed.py ../shared/data/multi30k --steps 20 --threads 2
 
 Both models run in one process with the same allocator setting (`--allocator`), so the ratio
-never credits attnkit with the allocator: the reference gains from it too.
+never credits attnkit with the allocator: the reference gains from it too. With `--device cuda`
+both train under bf16 autocast (`runtime.autocast_for`, as `train.precision=auto` picks on a
+GPU), each step is timed to the end of its GPU work, and the matmul rate is that of bf16.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from attnkit.data.corpus import read_parallel, tokenize_corpus
 from attnkit.data.tokenizer import PAD_ID, train_tokenizers
 from attnkit.models.build import build_model
 from attnkit.models.transformer import sinusoids
-from attnkit.runtime import keep_freed_memory
+from attnkit.runtime import autocast_for, keep_freed_memory
 from attnkit.training.loss import batch_loss
 from attnkit.training.schedule import adam
 
@@ -57,7 +59,9 @@ class TorchTransformer(nn.Module):
         def embed(x):
             return self.embed(x) * self.scale + self.positions[: x.size(1)]
 
-        causal = nn.Transformer.generate_square_subsequent_mask(tgt_in.size(1))
+        causal = nn.Transformer.generate_square_subsequent_mask(
+            tgt_in.size(1), device=tgt_in.device
+        )
         hidden = self.core(
             embed(src),
             embed(tgt_in),
@@ -69,22 +73,40 @@ class TorchTransformer(nn.Module):
         return self.out(hidden)
 
 
-def matmul_gflops(size: int = 1024, repeats: int = 20) -> float:
-    """The fp32 matmul rate of this machine with the current thread count."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_gflops(device: torch.device, repeats: int = 20) -> float:
+    """The matmul rate of `device`: fp32 with the current thread count on the CPU, bf16 on CUDA."""
+    size, dtype = (1024, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    synchronize(device)
     return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    """What the figures were measured on, for the printed header."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device`, so that a clock read after it times that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Trainer:
     """One model, its optimiser and its loss: `step(batch)` trains one batch and returns seconds."""
 
-    def __init__(self, model: nn.Module, *, attnkit_loss: bool) -> None:
-        self.model, self.attnkit_loss = model.train(), attnkit_loss
+    def __init__(
+        self, model: nn.Module, *, attnkit_loss: bool, device: torch.device | None = None
+    ) -> None:
+        self.device = device or torch.device("cpu")
+        self.model, self.attnkit_loss = model.to(self.device).train(), attnkit_loss
         if attnkit_loss:  # attnkit's optimiser (`training.schedule.adam`: the fused kernel)
             self.optimizer = adam(model.parameters(), lr=1e-4)
         else:  # the multi-tensor kernel, faster than the plain loop's default on the CPU
@@ -94,21 +116,24 @@ class Trainer:
 
     def step(self, batch) -> float:
         start = time.perf_counter()
-        if self.attnkit_loss:  # attnkit's training step (`training.loss.batch_loss`)
-            loss, _ = batch_loss(self.model, batch, smoothing=0.1)
-            loss = loss / batch.n_tgt_tokens
-        else:
-            logits = self.model(batch.src, batch.src_mask, batch.tgt_in)
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)),
-                batch.tgt_out.reshape(-1),
-                ignore_index=PAD_ID,
-                label_smoothing=0.1,
-            )
+        batch = batch.to(self.device)
+        with autocast_for(self.device, "auto"):  # fp32 on the CPU, bf16 on CUDA
+            if self.attnkit_loss:  # attnkit's training step (`training.loss.batch_loss`)
+                loss, _ = batch_loss(self.model, batch, smoothing=0.1)
+                loss = loss / batch.n_tgt_tokens
+            else:
+                logits = self.model(batch.src, batch.src_mask, batch.tgt_in)
+                loss = F.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)),
+                    batch.tgt_out.reshape(-1),
+                    ignore_index=PAD_ID,
+                    label_smoothing=0.1,
+                )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
         return time.perf_counter() - start
 
 
@@ -119,6 +144,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast)")
     parser.add_argument(
         "--allocator",
         choices=["keep", "default"],
@@ -145,11 +171,12 @@ def main() -> None:
     n_ours = sum(p.numel() for p in ours.parameters())
     n_ref = sum(p.numel() for p in reference.parameters())
 
-    gflops = matmul_gflops()
+    device = torch.device(args.device)
+    gflops = matmul_gflops(device)
     # The two models take turns on each batch, so both see the same drift of a shared machine.
     trainers = {
-        "torch.nn.Transformer": Trainer(reference, attnkit_loss=False),
-        "attnkit": Trainer(ours, attnkit_loss=True),
+        "torch.nn.Transformer": Trainer(reference, attnkit_loss=False, device=device),
+        "attnkit": Trainer(ours, attnkit_loss=True, device=device),
     }
     seconds, tokens = dict.fromkeys(trainers, 0.0), 0
     for i, indices in enumerate(batches):
@@ -160,7 +187,8 @@ def main() -> None:
         tokens += batch.n_tgt_tokens if i >= args.warmup else 0
     ref_rate, our_rate = tokens / seconds["torch.nn.Transformer"], tokens / seconds["attnkit"]
     print(
-        f"threads {args.threads}, allocator {args.allocator}, fp32 matmul {gflops:.0f} GFLOP/s, "
+        f"{device_name(device)}, threads {args.threads}, allocator {args.allocator}, "
+        f"{'fp32' if device.type == 'cpu' else 'bf16'} matmul {gflops:,.0f} GFLOP/s, "
         f"{args.steps} timed steps"
     )
     for name, rate, n in [("torch.nn.Transformer", ref_rate, n_ref), ("attnkit", our_rate, n_ours)]:

@@ -85,7 +85,12 @@ def test_unknown_override_key(cli, tmp_path):
 
 @pytest.mark.parametrize(
     "override",
-    ["train.schedule=linear", "train.valid_metric=blue", "train.precision=fp8"],
+    [
+        "train.schedule=linear",
+        "train.valid_metric=blue",
+        "train.precision=fp8",
+        "decode.precision=fp8",
+    ],
 )
 def test_unknown_training_choice_fails_before_any_work(cli, tmp_path, override):
     path = write(tmp_path / "c.yaml", f"run: {{dir: {tmp_path / 'run'}}}\n")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 
 import pytest
+import torch
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +156,23 @@ def test_incompatible_config_on_resume(trained_run, cli):
     )
     assert result.returncode == 1
     assert "different 'data' config" in result.stderr or "different 'model'" in result.stderr
+
+
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_mixed_precision_decoding_agrees_with_fp32(trained_run, device):
+    """decode.precision=bf16 runs the model under autocast: scores stay fp32, and the outputs
+    are those of fp32 decoding up to near ties (the CPU can autocast too, so CI checks it)."""
+    from attnkit.generation.translator import Translator
+
+    fp32 = Translator.from_run(trained_run / "run", device=device)
+    decode = dataclasses.replace(fp32.config.decode, precision="bf16")
+    bf16 = Translator(fp32.model, fp32.tokenizers, dataclasses.replace(fp32.config, decode=decode),
+                      fp32.device)  # fmt: skip
+    lines = (trained_run / "data" / "valid.en").read_text(encoding="utf-8").splitlines()[:40]
+    ours = [h[0] for h in bf16.translate(lines, beam=2)]
+    reference = [h[0] for h in fp32.translate(lines, beam=2)]
+    assert all(isinstance(h.score, float) and math.isfinite(h.score) for h in ours)
+    same = [(a.score, b.score) for a, b in zip(ours, reference, strict=True) if a.text == b.text]
+    assert len(same) >= len(lines) // 2, f"{len(same)} of {len(lines)} outputs agree"
+    # The same output gets the same score up to bf16's rounding (8 significant bits: 0.4%).
+    assert all(abs(a - b) <= 0.005 * abs(b) for a, b in same)

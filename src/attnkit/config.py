@@ -113,6 +113,7 @@ class DecodeConfig:
     min_len: int = 0
     no_repeat_ngram: int = 0
     batch_tokens: int = 8192  # source tokens per decoding batch
+    precision: str = "auto"  # auto: bf16 autocast on CUDA where supported, else fp32
 
 
 @dataclass(frozen=True)

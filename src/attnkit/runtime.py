@@ -1,4 +1,4 @@
-"""Process-wide settings for fast CPU work: thread count and how freed memory is kept.
+"""Process-wide settings for fast work: thread count, how freed memory is kept, mixed precision.
 
 glibc's malloc serves any block above 32 MiB with a fresh `mmap` and returns it to the kernel
 on `free`. A training step makes several such blocks (the logits and their gradient are
@@ -10,12 +10,14 @@ every size from its heap and keep what is freed, so the next step reuses the sam
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import sys
 
 import torch
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision and decode.precision
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_MAX = -4
 
@@ -40,3 +42,13 @@ def configure(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
     keep_freed_memory()
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bf16 where supported); full fp32 elsewhere unless asked."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -158,7 +158,7 @@ class Translator:
             length_penalty=d.length_penalty,
         )
         budget = max_tokens or d.batch_tokens
-        with torch.inference_mode():
+        with torch.inference_mode(), runtime.autocast_for(self.device, d.precision):
             for indices, src, src_mask in encode_source_batches(pieces, max_tokens=budget):
                 src, src_mask = src.to(self.device), src_mask.to(self.device)
                 if beam == 1:

@@ -7,7 +7,6 @@ data order (batches are a function of seed and epoch), same random state, same s
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -61,16 +60,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where supported); full fp32 elsewhere unless asked."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 class Batches:
@@ -227,7 +216,7 @@ def train(cfg: Config) -> TrainResult:
         n_tokens = sum(b.n_tgt_tokens for b in group_batches)
         loss_sum = nll_sum = 0.0
         for batch in group_batches:
-            with autocast_for(device, t.precision):
+            with runtime.autocast_for(device, t.precision):
                 loss, nll = batch_loss(model, batch, smoothing=t.label_smoothing)
             (loss / n_tokens).backward()
             loss_sum, nll_sum = loss_sum + loss.item(), nll_sum + nll.item()

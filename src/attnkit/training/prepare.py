@@ -97,13 +97,15 @@ def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> T
 
 def check_choices(cfg: Config) -> None:
     """Fail before any work when a training key names something that does not exist."""
+    from attnkit.runtime import PRECISIONS
     from attnkit.training.schedule import SCHEDULES
     from attnkit.training.validate import VALID_METRICS
 
     for key, value, options in [
         ("train.schedule", cfg.train.schedule, SCHEDULES),
         ("train.valid_metric", cfg.train.valid_metric, VALID_METRICS),
-        ("train.precision", cfg.train.precision, ("auto", "fp32", "bf16", "fp16")),
+        ("train.precision", cfg.train.precision, PRECISIONS),
+        ("decode.precision", cfg.decode.precision, PRECISIONS),
     ]:
         if value not in options:
             raise UserError(
