@@ -212,7 +212,7 @@ def attnkit_decode(translator: Translator, lines: list[str]) -> tuple[float, lis
 
 def attnkit_worker(args: argparse.Namespace) -> dict:
     """attnkit's part, run in a process of its own: train on the plan, then decode; the results."""
-    runtime.configure(args.threads)  # as `attnkit train` does: threads, keep freed memory
+    runtime.configure(args.threads)  # as `attnkit train` does: threads, freed memory, attention
     torch.manual_seed(1)
     tokenizers = load_tokenizers(args.worker / "tokenizer")
     vocab = tokenizers.src.vocab_size

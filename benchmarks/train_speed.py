@@ -11,7 +11,8 @@ second, against the fp32 matmul rate measured in the same run).
     python benchmarks/train_speed.py ../shared/data/multi30k --steps 20 --threads 2
 
 Both models run in one process with the same allocator setting (`--allocator`), so the ratio
-never credits attnkit with the allocator: the reference gains from it too. With `--device cuda`
+never credits attnkit with the allocator: the reference gains from it too (likewise attention
+kept off cuDNN on CUDA, `runtime.skip_cudnn_attention`). With `--device cuda`
 both train under bf16 autocast (`runtime.autocast_for`, as `train.precision=auto` picks on a
 GPU), each step is timed to the end of its GPU work, and the matmul rate is that of bf16.
 """
@@ -34,7 +35,7 @@ from attnkit.data.corpus import read_parallel, tokenize_corpus
 from attnkit.data.tokenizer import PAD_ID, train_tokenizers
 from attnkit.models.build import build_model
 from attnkit.models.transformer import sinusoids
-from attnkit.runtime import autocast_for, keep_freed_memory
+from attnkit.runtime import autocast_for, keep_freed_memory, skip_cudnn_attention
 from attnkit.training.loss import batch_loss
 from attnkit.training.schedule import adam
 
@@ -156,6 +157,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.allocator == "keep":
         keep_freed_memory()
+    skip_cudnn_attention()  # as `attnkit train` runs on CUDA; for both models
     torch.manual_seed(1)
 
     src, tgt = read_parallel(args.data / "train.en", args.data / "train.fr")

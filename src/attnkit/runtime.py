@@ -37,11 +37,25 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**30))
 
 
+def skip_cudnn_attention() -> None:
+    """Keep `scaled_dot_product_attention` off cuDNN's kernel on CUDA; flash and memory-efficient
+    attention remain.
+
+    PyTorch 2.11 on Hopper tries cuDNN first for attention with a mask, and cuDNN builds an
+    execution plan for every new shape: seq2seq batches keep changing (batch, length), and on an
+    H100 the first epoch of Multi30k ran at 0.3 s a step where the later ones ran at 0.03 s
+    (docs/benchmarks.md, "On a GPU"). A no-op without CUDA.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def configure(threads: int | None) -> None:
-    """Set the intra-op thread count (None keeps PyTorch's default) and keep freed memory."""
+    """Set the intra-op thread count (None keeps PyTorch's default), keep freed memory, and keep
+    attention off cuDNN: the settings of every attnkit command."""
     if threads:
         torch.set_num_threads(threads)
     keep_freed_memory()
+    skip_cudnn_attention()
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
