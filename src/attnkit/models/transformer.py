@@ -107,7 +107,9 @@ class FeedForward(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
-        return self.linear2(F.relu_(self.linear1(x)))  # in place: one (B, T, d_ff) tensor fewer
+        # Not F.relu_: in place on the view that linear1 returns for a (B, T, D) input, autograd
+        # copies the (B, T, d_ff) tensor three times (CopySlices) in the backward pass.
+        return self.linear2(F.relu(self.linear1(x)))
 
 
 class Residual(nn.Module):
