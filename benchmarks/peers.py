@@ -29,8 +29,8 @@ The table shows, per system:
 - attnkit's speed divided by each system's, for training and for decoding.
 
 attnkit trains with train_speed.py's `Trainer` (its Adam, its label-smoothed loss normalised by
-target tokens) and process settings as `attnkit train` makes them (runtime.configure: thread count
-and glibc keeping freed memory), and decodes with its `Translator`. Marian (transformers'
+target tokens) and process settings as `attnkit train` makes them (runtime.configure: thread count,
+glibc keeping freed memory, attention kept off cuDNN on CUDA), and decodes with its `Translator`. Marian (transformers'
 `MarianMTModel`, built from scratch) trains in a plain PyTorch loop (peers_marian.py). JoeyNMT runs
 its own data pipeline, `TrainManager._train_step`, clipper, optimizer and scheduler in the order of
 `TrainManager.train_and_validate` without its logging and validation, and decodes with its
@@ -53,7 +53,8 @@ needed; its `protobuf<3.21` pin resolved to protobuf 3.20.3 beside tensorboard 2
 
 On a GPU (`--device cuda`), every system trains and decodes on it in mixed precision: attnkit and
 Marian under bf16 autocast (attnkit's `train.precision` and `decode.precision` `auto`), JoeyNMT
-under its own `fp16` setting, the only one it has (fp16 autocast with a gradient scaler); each
+under its own `fp16` setting, the only one it has (fp16 autocast with a gradient scaler);
+attnkit and Marian keep attention off cuDNN (JoeyNMT writes its own attention); each
 timed step waits for its GPU work, and the table adds the peak GPU memory
 (`torch.cuda.max_memory_allocated`). `--current-python` runs the peers with this interpreter
 instead of building environments, for a machine where they are installed already (the GPU
@@ -335,6 +336,11 @@ def parse_args() -> argparse.Namespace:
     for name in ("steps", "warmup", "threads", "max_tokens", "decode_limit", "out_len"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: PyTorch sees no CUDA device here")
+    if args.device == "cuda" and not args.current_python:
+        parser.error("--device cuda needs --current-python: the environments built here hold "
+                     "the CPU build of torch")  # fmt: skip
     args.only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.only if name not in SYSTEMS]
     if unknown or not args.only:

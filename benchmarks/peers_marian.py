@@ -13,8 +13,9 @@ ReLU, shared and tied embeddings, sinusoidal positions; Marian is post-norm and 
 option). Training: Adam, linear warm-up then inverse square root, label-smoothed cross-entropy
 over real target tokens, gradient clipping at 1. Decoding: `generate` with beam 5, exactly
 `--out-len` tokens and then a forced eos per sentence, the same decoder steps as the others.
-With `--device cuda` both run on the GPU under bf16 autocast, and each timed step waits for its
-GPU work. Prints one JSON line of results on stdout. Nothing is downloaded.
+With `--device cuda` both run on the GPU under bf16 autocast with attention kept off cuDNN (as
+attnkit runs: cuDNN plans every new batch shape anew), and each timed step waits for its GPU
+work. Prints one JSON line of results on stdout. Nothing is downloaded.
 
     .bench/marian/bin/python benchmarks/peers_marian.py WORK --warmup 5 --threads 2
 """
@@ -186,6 +187,8 @@ def main() -> None:
     torch.manual_seed(1)
 
     sp = spm.SentencePieceProcessor(model_file=str(args.work / "tokenizer" / "joint.model"))
+    if args.device.type == "cuda":  # as attnkit's runtime.skip_cudnn_attention
+        torch.backends.cuda.enable_cudnn_sdp(False)
     model = build_model(sp.get_piece_size()).to(args.device)
     trained = train(model, args.work, args)
     peak_rss, peak_gpu = peak_rss_mib(), peak_gpu_mib(torch, args.device)

@@ -13,8 +13,9 @@ second, against the fp32 matmul rate measured in the same run).
 Both models run in one process with the same allocator setting (`--allocator`), so the ratio
 never credits attnkit with the allocator: the reference gains from it too (likewise attention
 kept off cuDNN on CUDA, `runtime.skip_cudnn_attention`). With `--device cuda`
-both train under bf16 autocast (`runtime.autocast_for`, as `train.precision=auto` picks on a
-GPU), each step is timed to the end of its GPU work, and the matmul rate is that of bf16.
+both train under the autocast that `train.precision=auto` picks (`runtime.autocast_for`: bf16
+on a GPU with bf16 units, else fp32), each step is timed to the end of its GPU work, and the
+matmul rate is measured in that precision.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ from attnkit.data.corpus import read_parallel, tokenize_corpus
 from attnkit.data.tokenizer import PAD_ID, train_tokenizers
 from attnkit.models.build import build_model
 from attnkit.models.transformer import sinusoids
-from attnkit.runtime import autocast_for, keep_freed_memory, skip_cudnn_attention
+from attnkit.runtime import (
+    autocast_for,
+    keep_freed_memory,
+    resolve_precision,
+    skip_cudnn_attention,
+)
 from attnkit.training.loss import batch_loss
 from attnkit.training.schedule import adam
 
@@ -74,9 +80,11 @@ class TorchTransformer(nn.Module):
         return self.out(hidden)
 
 
-def matmul_gflops(device: torch.device, repeats: int = 20) -> float:
-    """The matmul rate of `device`: fp32 with the current thread count on the CPU, bf16 on CUDA."""
-    size, dtype = (1024, torch.float32) if device.type == "cpu" else (8192, torch.bfloat16)
+def matmul_gflops(device: torch.device, precision: str, repeats: int = 20) -> float:
+    """The matmul rate of `device` in `precision` (fp32 or bf16), with the current thread count
+    on the CPU."""
+    size = 1024 if device.type == "cpu" else 8192
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     for _ in range(3):
@@ -118,7 +126,7 @@ class Trainer:
     def step(self, batch) -> float:
         start = time.perf_counter()
         batch = batch.to(self.device)
-        with autocast_for(self.device, "auto"):  # fp32 on the CPU, bf16 on CUDA
+        with autocast_for(self.device, "auto"):  # as `train.precision=auto` picks
             if self.attnkit_loss:  # attnkit's training step (`training.loss.batch_loss`)
                 loss, _ = batch_loss(self.model, batch, smoothing=0.1)
                 loss = loss / batch.n_tgt_tokens
@@ -145,7 +153,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=4096)
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda (bf16 autocast)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (autocast as `auto`)")
     parser.add_argument(
         "--allocator",
         choices=["keep", "default"],
@@ -174,7 +182,8 @@ def main() -> None:
     n_ref = sum(p.numel() for p in reference.parameters())
 
     device = torch.device(args.device)
-    gflops = matmul_gflops(device)
+    precision = resolve_precision("auto", device)
+    gflops = matmul_gflops(device, precision)
     # The two models take turns on each batch, so both see the same drift of a shared machine.
     trainers = {
         "torch.nn.Transformer": Trainer(reference, attnkit_loss=False, device=device),
@@ -190,7 +199,7 @@ def main() -> None:
     ref_rate, our_rate = tokens / seconds["torch.nn.Transformer"], tokens / seconds["attnkit"]
     print(
         f"{device_name(device)}, threads {args.threads}, allocator {args.allocator}, "
-        f"{'fp32' if device.type == 'cpu' else 'bf16'} matmul {gflops:,.0f} GFLOP/s, "
+        f"{precision} matmul {gflops:,.0f} GFLOP/s, "
         f"{args.steps} timed steps"
     )
     for name, rate, n in [("torch.nn.Transformer", ref_rate, n_ref), ("attnkit", our_rate, n_ours)]:

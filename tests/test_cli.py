@@ -98,6 +98,13 @@ def test_unknown_training_choice_fails_before_any_work(cli, tmp_path, override):
     assert not (tmp_path / "run").exists()
 
 
+def test_lstm_autocast_on_the_cpu_fails_before_any_work(cli, tmp_path):
+    path = write(tmp_path / "c.yaml", f"run: {{dir: {tmp_path / 'run'}, device: cpu}}\n")
+    result = cli("train", str(path), "model.arch=rnn", "model.cell=lstm", "train.precision=bf16")
+    assert_one_line_error(result, "train.precision=bf16", "LSTM")
+    assert not (tmp_path / "run").exists()
+
+
 def _config(tmp_path, src, tgt, **extra) -> str:
     lines = [
         f"run: {{dir: {tmp_path / 'run'}}}",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import shutil
 
 import pytest
 import torch
+import yaml
 
 
 @pytest.fixture(scope="module")
@@ -158,21 +159,50 @@ def test_incompatible_config_on_resume(trained_run, cli):
     assert "different 'data' config" in result.stderr or "different 'model'" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
 def test_mixed_precision_decoding_agrees_with_fp32(trained_run, device):
-    """decode.precision=bf16 runs the model under autocast: scores stay fp32, and the outputs
-    are those of fp32 decoding up to near ties (the CPU can autocast too, so CI checks it)."""
+    """decode.precision=bf16 runs every decoder step under autocast: scores stay fp32, and the
+    outputs are those of fp32 decoding up to near ties (the CPU can autocast too, so CI checks
+    it)."""
     from attnkit.generation.translator import Translator
 
     fp32 = Translator.from_run(trained_run / "run", device=device)
     decode = dataclasses.replace(fp32.config.decode, precision="bf16")
     bf16 = Translator(fp32.model, fp32.tokenizers, dataclasses.replace(fp32.config, decode=decode),
                       fp32.device)  # fmt: skip
+    steps, decode_step = [], fp32.model.decode_step
+
+    def recording_step(*args, **kwargs):
+        out = decode_step(*args, **kwargs)
+        steps.append((torch.is_autocast_enabled(device), out.log_probs.dtype))
+        return out
+
+    fp32.model.decode_step = recording_step
     lines = (trained_run / "data" / "valid.en").read_text(encoding="utf-8").splitlines()[:40]
     ours = [h[0] for h in bf16.translate(lines, beam=2)]
+    autocast_steps, steps = steps, []
     reference = [h[0] for h in fp32.translate(lines, beam=2)]
-    assert all(isinstance(h.score, float) and math.isfinite(h.score) for h in ours)
+    assert autocast_steps and set(autocast_steps) == {(True, torch.float32)}
+    assert steps and set(steps) == {(False, torch.float32)}
     same = [(a.score, b.score) for a, b in zip(ours, reference, strict=True) if a.text == b.text]
     assert len(same) >= len(lines) // 2, f"{len(same)} of {len(lines)} outputs agree"
-    # The same output gets the same score up to bf16's rounding (8 significant bits: 0.4%).
+    # The same output gets the same score up to bf16's rounding (8 significant bits: 0.4%),
+    # and not exactly the same score: the model really ran in bf16.
     assert all(abs(a - b) <= 0.005 * abs(b) for a, b in same)
+    assert any(a != b for a, b in same)
+
+
+@pytest.mark.slow
+def test_a_bad_decode_precision_in_the_run_is_a_one_line_error(trained_run, cli, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run / "run", run)
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    config["decode"]["precision"] = "fp8"
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    result = cli("translate", str(run), stdin="The cat is small.\n")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        "attnkit: error: decode.precision: unknown value 'fp8' (expected one of: auto, fp32, "
+        "bf16, fp16)"
+    ]

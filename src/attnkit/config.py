@@ -93,7 +93,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; CUDA only)
+    precision: str = (
+        "auto"  # auto | fp32 | bf16 | fp16 autocast; auto: bf16 on a GPU with bf16 units
+    )
     log_every: int = 50
     valid_every: int = 500
     valid_metric: str = "bleu"  # bleu | chrf | loss | rouge1 | rouge2 | rougeL
@@ -113,7 +115,7 @@ class DecodeConfig:
     min_len: int = 0
     no_repeat_ngram: int = 0
     batch_tokens: int = 8192  # source tokens per decoding batch
-    precision: str = "auto"  # auto: bf16 autocast on CUDA where supported, else fp32
+    precision: str = "auto"  # as train.precision, for validation and translation
 
 
 @dataclass(frozen=True)

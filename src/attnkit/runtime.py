@@ -17,6 +17,8 @@ import sys
 
 import torch
 
+from attnkit.errors import UserError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # train.precision and decode.precision
 _M_TRIM_THRESHOLD = -1  # mallopt parameters, from glibc's malloc.h
 _M_MMAP_MAX = -4
@@ -58,11 +60,47 @@ def configure(threads: int | None) -> None:
     skip_cudnn_attention()
 
 
-def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bf16 where supported); full fp32 elsewhere unless asked."""
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` multiplies bf16 matrices in hardware: a CUDA GPU from Ampere on (older
+    ones emulate bf16, slower than fp32)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` made concrete: bf16 on a GPU with bf16 units, fp32 elsewhere; others unchanged."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def check_precision(key: str, precision: str, device: torch.device, *, lstm: bool) -> None:
+    """Fail before any work when `precision` is unknown, or asks the CPU to autocast LSTM cells
+    (oneDNN has no reduced-precision LSTM on CPUs without bf16 units; GRU and RNN cells, and the
+    Transformer, autocast there)."""
+    if precision not in PRECISIONS:
+        raise UserError(
+            f"{key}: unknown value '{precision}' (expected one of: {', '.join(PRECISIONS)})"
+        )
+    if lstm and device.type == "cpu" and resolve_precision(precision, device) != "fp32":
+        raise UserError(f"{key}={precision}: LSTM cells cannot autocast on the CPU; use fp32")
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The autocast context of `precision` (see `resolve_precision`) on `device`: bf16 or fp16
+    autocast, or nothing for fp32. Search scores and the loss stay fp32 either way."""
+    precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise UserError(
+            f"unknown precision '{precision}' (expected one of: {', '.join(PRECISIONS)})"
+        )
+    return torch.autocast(device_type=device.type, dtype=dtypes[precision])

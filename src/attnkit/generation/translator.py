@@ -47,8 +47,13 @@ class Translator:
     """A model ready to decode: weights, tokenizers, the run's config, and a device."""
 
     def __init__(
-        self, model: torch.nn.Module, tokenizers: Tokenizers, config: Config, device: torch.device
+        self,
+        model: torch.nn.Module,
+        tokenizers: Tokenizers,
+        config: Config,
+        device: torch.device | str,
     ) -> None:
+        device = torch.device(device)
         self.model, self.tokenizers, self.config, self.device = model, tokenizers, config, device
         self.max_len = config.data.max_len
         self.truncated = 0  # input lines cut to max_len so far (data.truncate_source)
@@ -57,12 +62,17 @@ class Translator:
     def from_run(
         cls, run_dir: str | Path, *, checkpoint: str = "best", device: str | None = None
     ) -> Translator:
-        """Load a run directory written by `attnkit train`."""
-        from attnkit.training.loop import resolve_device
+        """Load a run directory written by `attnkit train`, with the process settings of the
+        attnkit commands (`runtime.configure`: threads, allocator, attention off cuDNN)."""
+        from attnkit.training.prepare import uses_lstm
 
         run_dir = Path(run_dir)
         check_run_dir(run_dir)
         cfg = config_lib.load(run_dir / "config.yaml")
+        target = runtime.resolve_device(device or cfg.run.device)
+        runtime.check_precision(
+            "decode.precision", cfg.decode.precision, target, lstm=uses_lstm(cfg)
+        )
         found = find_checkpoint(run_dir / "checkpoints" / checkpoint)
         if found is None and checkpoint == "averaged":
             raise UserError(
@@ -74,7 +84,6 @@ class Translator:
             raise UserError(f"{run_dir} has no checkpoint yet: train it first")
         tokenizers = load_tokenizers(run_dir / "tokenizer")
         runtime.configure(cfg.run.threads)
-        target = resolve_device(device or cfg.run.device)
         model = build_model(
             cfg.model,
             src_vocab=tokenizers.src.vocab_size,

@@ -55,13 +55,6 @@ class TrainResult:
     stopped_by: str
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Batches:
     """An endless, resumable walk over the training batches, epoch after epoch."""
 
@@ -184,7 +177,7 @@ class EventLog:
 def train(cfg: Config) -> TrainResult:
     """Train (or resume) the run `cfg.run.dir` until a step, time or patience limit."""
     run = prepare_run(cfg)
-    t, device = cfg.train, resolve_device(cfg.run.device)
+    t, device = cfg.train, runtime.resolve_device(cfg.run.device)
     runtime.configure(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     src_vocab, tgt_vocab = run.tokenizers.src.vocab_size, run.tokenizers.tgt.vocab_size

@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from attnkit import config as config_lib
+from attnkit import runtime
 from attnkit.config import Config
 from attnkit.data.corpus import TokenizedCorpus, read_parallel, tokenize_corpus
 from attnkit.data.tokenizer import (
@@ -96,21 +97,30 @@ def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> T
 
 
 def check_choices(cfg: Config) -> None:
-    """Fail before any work when a training key names something that does not exist."""
-    from attnkit.runtime import PRECISIONS
+    """Fail before any work when a training or decoding key names something that does not
+    exist, or a precision that cannot run the model on the run's device."""
     from attnkit.training.schedule import SCHEDULES
     from attnkit.training.validate import VALID_METRICS
 
     for key, value, options in [
         ("train.schedule", cfg.train.schedule, SCHEDULES),
         ("train.valid_metric", cfg.train.valid_metric, VALID_METRICS),
-        ("train.precision", cfg.train.precision, PRECISIONS),
-        ("decode.precision", cfg.decode.precision, PRECISIONS),
     ]:
         if value not in options:
             raise UserError(
                 f"{key}: unknown value '{value}' (expected one of: {', '.join(options)})"
             )
+    device = runtime.resolve_device(cfg.run.device)
+    for key, value in [
+        ("train.precision", cfg.train.precision),
+        ("decode.precision", cfg.decode.precision),
+    ]:
+        runtime.check_precision(key, value, device, lstm=uses_lstm(cfg))
+
+
+def uses_lstm(cfg: Config) -> bool:
+    """Whether the run's model has LSTM cells (the recurrent models' default cell)."""
+    return cfg.model.arch == "rnn" and cfg.model.cell == "lstm"
 
 
 def prepare_run(cfg: Config) -> PreparedRun:
