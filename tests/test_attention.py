@@ -165,6 +165,20 @@ def test_cache_reorder_selects_rows():
     torch.testing.assert_close(cache.values, -keys[[2, 2, 0]])
 
 
+def test_a_reordered_cache_keeps_its_room_and_grows_on():
+    """Reordering copies the filled positions into buffers of the same capacity; appending
+    afterwards writes in place and sees exactly the reordered rows plus the new position."""
+    keys = torch.randn(3, 2, 5, 4)
+    with torch.no_grad():
+        cache = KVCache(torch.zeros(3, 2, 16, 4), torch.zeros(3, 2, 16, 4), 0).append(keys, -keys)
+        moved = cache.reorder(torch.tensor([1, 1, 0]))
+        new = torch.randn(3, 2, 1, 4)
+        grown = moved.append(new, -new)
+    assert moved.key_buffer.shape == (3, 2, 16, 4) and grown.key_buffer is moved.key_buffer
+    torch.testing.assert_close(grown.keys, torch.cat([keys[[1, 1, 0]], new], 2))
+    torch.testing.assert_close(grown.values, -torch.cat([keys[[1, 1, 0]], new], 2))
+
+
 def test_width_must_divide_into_heads():
     with pytest.raises(ValueError, match="divisible"):
         MultiHeadAttention(d_model=10, n_heads=4)

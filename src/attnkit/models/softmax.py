@@ -3,9 +3,8 @@
 `exp` of a float32 below about -87.3 underflows to a subnormal number or zero, and PyTorch's
 vectorised CPU `exp` takes a slow path for such inputs: 22 ms for 32 million inputs above -87,
 750 ms below (2 threads, AVX2; flushing subnormals to zero does not help). Over a vocabulary
-most logits sit far below the largest, so `torch.logsumexp` and `log_softmax` of real logits
-spend most of their time there: 100 ms instead of 30 for the (4096, 8000) logits of one
-Multi30k batch. Clamping x - max at -80 first changes each such term by less than
+most logits sit far below the largest, so `torch.logsumexp` of real logits spends most of its
+time there: 100 ms instead of 30 for the (4096, 8000) logits of one Multi30k batch. Clamping x - max at -80 first changes each such term by less than
 exp(-80) = 2e-35, far below float32 resolution next to the largest term, exp(0) = 1.
 """
 
@@ -34,6 +33,10 @@ def logsumexp(x: Tensor) -> Tensor:
 
 
 def log_softmax(x: Tensor) -> Tensor:
-    """log_softmax over the last dimension, in float32 or wider."""
-    x = at_least_fp32(x)
-    return x - logsumexp(x).unsqueeze(-1)
+    """log_softmax over the last dimension, in float32 or wider.
+
+    PyTorch's own kernel: its slow path costs it less than the clamped passes above would. For
+    (320, 8,000) logits (a decoding step at beam 5, 64 sentences, 2 threads) it took 2.0 ms
+    where x - logsumexp(x) took 3.6, and 3.6 when most logits sat 87 below the largest.
+    """
+    return torch.log_softmax(at_least_fp32(x), dim=-1)
