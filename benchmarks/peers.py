@@ -31,11 +31,11 @@ The table shows, per system:
 
 attnkit trains with train_speed.py's `Trainer` (its Adam, its label-smoothed loss normalised by
 target tokens) and process settings as `attnkit train` makes them (runtime.configure: thread count,
-glibc keeping freed memory, attention kept off cuDNN on CUDA), and decodes with its `Translator`. Marian (transformers'
-`MarianMTModel`, built from scratch) trains in a plain PyTorch loop (peers_marian.py). JoeyNMT runs
-its own data pipeline, `TrainManager._train_step`, clipper, optimizer and scheduler in the order of
-`TrainManager.train_and_validate` without its logging and validation, and decodes with its
-`predict` (peers_joeynmt.py; JoeyNMT 2.3's `predict` drops `testing.min_output_length` on its way
+glibc keeping freed memory, attention kept off cuDNN on CUDA), and decodes with its `Translator`.
+Marian (transformers' `MarianMTModel`, built from scratch) trains in a plain PyTorch loop
+(peers_marian.py). JoeyNMT runs its own data pipeline, `TrainManager._train_step`, clipper,
+optimizer and scheduler in the order of `TrainManager.train_and_validate` without its logging
+and validation, and decodes with its `predict` (peers_joeynmt.py; JoeyNMT 2.3's `predict` drops `testing.min_output_length` on its way
 to the search, so the worker binds it onto `joeynmt.prediction.search`). Parameters are counted
 where they train (Marian's fixed sinusoidal tables are parameters that never train). A system
 whose environment cannot be built is shown as "not installed: <reason>"; one whose run fails as
@@ -77,7 +77,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from peers_result import peak_gpu_mib, peak_rss_mib, worker_result
+from peers_result import fastest_pass, peak_gpu_mib, peak_rss_mib, worker_result
 from train_speed import Trainer, device_name, synchronize
 
 from attnkit import runtime
@@ -206,16 +206,17 @@ def attnkit_decode(
     warm-up, `repeats` times; the seconds of the fastest pass and the length of each best
     output."""
     budget = DECODE_BATCH * (translator.max_len + 1)  # one batch per chunk of sentences
-    translator.translate(lines[:2], max_tokens=budget)
-    passes = []
-    for _ in range(repeats):
-        start, lengths = time.perf_counter(), []
+
+    def one_pass() -> list[int]:
+        lengths = []
         for first in range(0, len(lines), DECODE_BATCH):
             found = translator.translate(lines[first : first + DECODE_BATCH], max_tokens=budget)
             lengths.extend(len(hyps[0].tokens) for hyps in found)
-        synchronize(translator.device)
-        passes.append(time.perf_counter() - start)
-    return min(passes), lengths
+        synchronize(translator.device)  # the pass ends when the GPU's work does
+        return lengths
+
+    translator.translate(lines[:2], max_tokens=budget)
+    return fastest_pass(one_pass, repeats)
 
 
 def attnkit_worker(args: argparse.Namespace) -> dict:

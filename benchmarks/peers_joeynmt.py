@@ -45,7 +45,7 @@ from joeynmt.datasets import BaseDataset, build_dataset
 from joeynmt.model import Model
 from joeynmt.prediction import predict, prepare
 from joeynmt.training import TrainManager
-from peers_result import peak_gpu_mib, peak_rss_mib, worker_result
+from peers_result import fastest_pass, peak_gpu_mib, peak_rss_mib, worker_result
 from torch.utils.data import DataLoader
 
 
@@ -222,12 +222,8 @@ def decode(
         )  # fmt: skip
 
     translate(warmup)
-    passes = []
-    for _ in range(args.decode_repeats):
-        start = time.perf_counter()
-        _, _, hypotheses, tokens, _, _ = translate(test_data)
-        passes.append(time.perf_counter() - start)
-    seconds = min(passes)
+    seconds, found = fastest_pass(lambda: translate(test_data), args.decode_repeats)
+    _, _, hypotheses, tokens, _, _ = found
     specials = set(model.trg_vocab.specials)
     lengths = [sum(t not in specials for t in sentence) for sentence in tokens]
     return {"seconds": seconds, "sentences": len(hypotheses), "tokens": sum(lengths)}

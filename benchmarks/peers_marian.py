@@ -33,7 +33,7 @@ import sentencepiece as spm
 import torch
 import torch.nn.functional as F
 import transformers
-from peers_result import peak_gpu_mib, peak_rss_mib, worker_result
+from peers_result import fastest_pass, peak_gpu_mib, peak_rss_mib, worker_result
 from torch import Tensor
 from transformers import MarianConfig, MarianMTModel
 
@@ -163,16 +163,18 @@ def decode(model: MarianMTModel, work: Path, args: argparse.Namespace) -> dict[s
     sp = spm.SentencePieceProcessor(model_file=str(work / "tokenizer" / "joint.model"))
     lines = (work / "decode.en").read_text(encoding="utf-8").splitlines()
     model.eval()
-    passes = []
+
+    def one_pass() -> list[int]:
+        lengths = []
+        for first in range(0, len(lines), args.decode_batch):
+            batch = lines[first : first + args.decode_batch]
+            lengths.extend(map(len, translate(model, sp, batch, args.out_len)))
+        return lengths
+
     with torch.inference_mode(), mixed_precision(args.device):
         translate(model, sp, lines[:2], args.out_len)  # untimed warm-up
-        for _ in range(args.decode_repeats):
-            start, lengths = time.perf_counter(), []
-            for first in range(0, len(lines), args.decode_batch):
-                batch = lines[first : first + args.decode_batch]
-                lengths.extend(map(len, translate(model, sp, batch, args.out_len)))
-            passes.append(time.perf_counter() - start)
-    return {"seconds": min(passes), "sentences": len(lines), "tokens": sum(lengths)}
+        seconds, lengths = fastest_pass(one_pass, args.decode_repeats)
+    return {"seconds": seconds, "sentences": len(lines), "tokens": sum(lengths)}
 
 
 def main() -> None:

@@ -6,6 +6,11 @@ Standard library only, so that each worker imports it from its own virtual envir
 from __future__ import annotations
 
 import resource
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def peak_rss_mib() -> float:
@@ -20,6 +25,17 @@ def peak_gpu_mib(torch, device) -> float | None:
     if str(device).startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     return None
+
+
+def fastest_pass(run: Callable[[], T], repeats: int) -> tuple[float, T]:
+    """Call `run()` `repeats` times; the seconds of the fastest call (the machine's noise only
+    ever slows a pass down) and what the last call returned."""
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run()
+        best = min(best, time.perf_counter() - start)
+    return best, result
 
 
 def worker_result(

@@ -93,9 +93,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
     clip_norm: float = 1.0
-    precision: str = (
-        "auto"  # auto | fp32 | bf16 | fp16 autocast; auto: bf16 on a GPU with bf16 units
-    )
+    precision: str = "auto"  # auto (bf16 on GPUs with bf16 units) | fp32 | bf16 | fp16
     log_every: int = 50
     valid_every: int = 500
     valid_metric: str = "bleu"  # bleu | chrf | loss | rouge1 | rouge2 | rougeL

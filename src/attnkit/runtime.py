@@ -95,12 +95,9 @@ def check_precision(key: str, precision: str, device: torch.device, *, lstm: boo
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """The autocast context of `precision` (see `resolve_precision`) on `device`: bf16 or fp16
     autocast, or nothing for fp32. Search scores and the loss stay fp32 either way."""
+    check_precision("precision", precision, device, lstm=False)
     precision = resolve_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise UserError(
-            f"unknown precision '{precision}' (expected one of: {', '.join(PRECISIONS)})"
-        )
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
