@@ -133,6 +133,12 @@ def _pad(
     return out
 
 
+def target_tokens(tgt_lengths: np.ndarray, indices: np.ndarray) -> int:
+    """The `n_tgt_tokens` that `collate` would give the batch of pairs `indices`, without
+    building it: their target lengths plus one EOS each."""
+    return int(tgt_lengths[indices].sum()) + len(indices)
+
+
 def collate(corpus: TokenizedCorpus, indices: np.ndarray) -> Batch:
     """Build the padded tensors of one batch from the corpus pairs at `indices`."""
     indices = np.asarray(indices, dtype=np.int64)
@@ -156,7 +162,7 @@ def collate(corpus: TokenizedCorpus, indices: np.ndarray) -> Batch:
         tgt_in=torch.from_numpy(tgt_in),
         tgt_out=torch.from_numpy(tgt_out),
         tgt_positions=torch.from_numpy(np.flatnonzero(tgt_real)),
-        n_tgt_tokens=int(tgt_len.sum()) + len(indices),
+        n_tgt_tokens=target_tokens(tgt_len, rows),
         indices=indices,
     )
 

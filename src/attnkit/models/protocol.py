@@ -54,12 +54,21 @@ class Seq2Seq(Protocol):
     """An encoder-decoder model as the rest of attnkit sees it."""
 
     def forward(
-        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+        self,
+        src: Tensor,
+        src_mask: Tensor,
+        tgt_in: Tensor,
+        positions: Tensor | None = None,
+        *,
+        project: bool = True,
     ) -> Tensor:
         """Teacher forcing: logits (B, T, V) for every target position at once.
 
         With `positions` (N,), flat indices into the B x T target positions, only the logits
         (N, V) of those: training passes the real ones, so padding costs no output projection.
+        With `project=False`, what `hidden` returns: the CPU training loss projects the states
+        itself, and it asks through `forward` because DistributedDataParallel synchronises the
+        gradients of what runs through the forward of the module it wraps.
         """
         ...
 

@@ -373,11 +373,19 @@ class Transformer(nn.Module):
         return self.embedding_dropout(x)
 
     def forward(
-        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+        self,
+        src: Tensor,
+        src_mask: Tensor,
+        tgt_in: Tensor,
+        positions: Tensor | None = None,
+        *,
+        project: bool = True,
     ) -> Tensor:
         """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T), or
-        (N, V) for the flat `positions` only (see `Seq2Seq.forward`)."""
-        return self.output_projection(self.hidden(src, src_mask, tgt_in, positions))
+        (N, V) for the flat `positions` only; the decoder states when not `project`
+        (see `Seq2Seq.forward`)."""
+        hidden = self.hidden(src, src_mask, tgt_in, positions)
+        return self.output_projection(hidden) if project else hidden
 
     def hidden(
         self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None

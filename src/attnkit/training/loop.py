@@ -2,7 +2,9 @@
 
 Schedule, forward, label-smoothed loss normalised by target tokens, backward, clip, step,
 periodic validation, checkpoint. A run directory with a checkpoint resumes the same run: same
-data order (batches are a function of seed and epoch), same random state, same step.
+data order (batches are a function of seed and epoch), same random state, same step. Under
+torchrun the same loop runs in every worker, each on its share of a step's batches
+(`training/distributed.py`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from attnkit import runtime
 from attnkit.config import Config, TrainConfig
-from attnkit.data.batching import collate, make_batches
+from attnkit.data.batching import collate, make_batches, target_tokens
 from attnkit.models.build import build_model
+from attnkit.training import distributed
 from attnkit.training.checkpoint import (
     find_checkpoint,
     load_train_state,
@@ -27,6 +31,7 @@ from attnkit.training.checkpoint import (
     save_checkpoint,
     save_step_checkpoint,
 )
+from attnkit.training.distributed import Workers
 from attnkit.training.loss import batch_loss
 from attnkit.training.prepare import PreparedRun, log, prepare_run
 from attnkit.training.schedule import adam, learning_rate
@@ -73,30 +78,56 @@ class Batches:
             epoch=epoch,
         )
 
-    def next(self):
+    def next(self) -> np.ndarray:
+        """The corpus indices of the pairs of the next batch."""
         p = self.progress
         if p.batch_in_epoch >= len(self.epoch_batches):
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
             self.epoch_batches = self._plan(p.epoch)
         indices = self.epoch_batches[p.batch_in_epoch]
         p.batch_in_epoch += 1
-        return collate(self.corpus, indices)
+        return indices
+
+    def step(self, accum_steps: int, workers: Workers, device: torch.device) -> tuple[list, int]:
+        """One optimizer step's batches: this worker's share of the `accum_steps` x workers
+        next batches, on `device`, and the target tokens of all of them (the loss normaliser)."""
+        plan = [self.next() for _ in range(accum_steps * workers.world)]
+        n_tokens = sum(target_tokens(self.tgt_lengths, indices) for indices in plan)
+        return [collate(self.corpus, ix).to(device) for ix in workers.share(plan)], n_tokens
 
 
-def _restore(run: PreparedRun, model, optimizer) -> Progress:
+def _restore(run: PreparedRun, model, optimizer, workers: Workers) -> Progress:
     checkpoint = find_checkpoint(run.dir / "checkpoints" / "last")
     if checkpoint is None:
+        _seed_worker(run, workers)
         return Progress()
     load_weights(checkpoint, model)
     state = load_train_state(checkpoint)
     optimizer.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng_cpu"])
-    if torch.cuda.is_available() and state.get("rng_cuda"):
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    # One random state per worker; checkpoints of attnkit before torchrun hold one, flat.
+    rng = state.get("rng") or [{"cpu": state["rng_cpu"], "cuda": state.get("rng_cuda")}]
+    if workers.rank < len(rng):
+        torch.set_rng_state(rng[workers.rank]["cpu"])
+        if torch.cuda.is_available() and rng[workers.rank]["cuda"]:
+            torch.cuda.set_rng_state_all(rng[workers.rank]["cuda"])
+    else:  # resumed with more workers than it was saved with
+        _seed_worker(run, workers)
     progress = Progress(**state["progress"])
     log(f"resuming {run.dir} from step {progress.step}")
-    _truncate_metrics(run.dir / "metrics.jsonl", progress.step)
+    if workers.main:
+        _truncate_metrics(run.dir / "metrics.jsonl", progress.step)
     return progress
+
+
+def _seed_worker(run: PreparedRun, workers: Workers) -> None:
+    """Workers after the first draw their own dropout masks (all built the same model first)."""
+    if workers.rank > 0:
+        torch.manual_seed(run.config.run.seed + workers.rank)
+
+
+def _rng_state() -> dict:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -108,13 +139,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
 
-def _save_last(run: PreparedRun, model, optimizer, progress: Progress) -> None:
-    state = {
-        "optimizer": optimizer.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "progress": asdict(progress),
-    }
+def _save_last(run: PreparedRun, model, optimizer, progress: Progress, rng: list) -> None:
+    state = {"optimizer": optimizer.state_dict(), "rng": rng, "progress": asdict(progress)}
     info = {"step": progress.step, "best_score": progress.best_score}
     save_checkpoint(run.dir / "checkpoints" / "last", model, info=info, train_state=state)
 
@@ -123,7 +149,7 @@ class TrainingBar:
     """The progress bar: steps toward `max_steps`, or, under a time budget, seconds toward it, so
     that the time it shows as remaining is when training will really stop."""
 
-    def __init__(self, t: TrainConfig, progress: Progress) -> None:
+    def __init__(self, t: TrainConfig, progress: Progress, *, show: bool = True) -> None:
         self.budget = None if t.max_minutes is None else round(t.max_minutes * 60)
         if self.budget is None:
             total, initial, unit = t.max_steps, progress.step, "step"
@@ -134,7 +160,7 @@ class TrainingBar:
         self.bar = tqdm(
             total=total,
             initial=initial,
-            disable=not t.progress,
+            disable=not (t.progress and show),
             unit=unit,
             dynamic_ncols=True,
             bar_format=None if self.budget is None else timed,
@@ -175,9 +201,23 @@ class EventLog:
 
 
 def train(cfg: Config) -> TrainResult:
-    """Train (or resume) the run `cfg.run.dir` until a step, time or patience limit."""
+    """Train (or resume) the run `cfg.run.dir` until a step, time or patience limit; under
+    torchrun as one of its data-parallel workers."""
+    device = runtime.resolve_device(cfg.run.device)
+    workers = distributed.start(device)
+    try:
+        return _train(cfg, workers, workers.device(device))
+    finally:
+        distributed.stop(workers)
+
+
+def _train(cfg: Config, workers: Workers, device: torch.device) -> TrainResult:
+    if not workers.main:  # worker 0 checks the input and writes the run directory first
+        distributed.barrier(workers)
     run = prepare_run(cfg)
-    t, device = cfg.train, runtime.resolve_device(cfg.run.device)
+    if workers.main:
+        distributed.barrier(workers)
+    t = cfg.train
     runtime.configure(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
     src_vocab, tgt_vocab = run.tokenizers.src.vocab_size, run.tokenizers.tgt.vocab_size
@@ -185,12 +225,14 @@ def train(cfg: Config) -> TrainResult:
         cfg.model, src_vocab=src_vocab, tgt_vocab=tgt_vocab, joint_vocab=cfg.data.joint_vocab
     ).to(device)
     optimizer = adam(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-    progress = _restore(run, model, optimizer)
-    batches, events = Batches(run, progress), EventLog(run.dir)
-    log(
-        f"model: {cfg.model.arch} {cfg.model.preset}, {sum(p.numel() for p in model.parameters()):,} parameters, on {device}"
-    )
-    bar = TrainingBar(t, progress)
+    progress = _restore(run, model, optimizer, workers)
+    trained = workers.wrap(model)  # what the loss runs through: the model, or DDP around it
+    batches = Batches(run, progress)
+    events = EventLog(run.dir) if workers.main else None
+    on = "" if workers.world == 1 else f" x {workers.world} workers"
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {cfg.model.arch} {cfg.model.preset}, {n_params:,} parameters, on {device}{on}")
+    bar = TrainingBar(t, progress, show=workers.main)
     started, window_tokens, window_start, stopped_by = (
         time.monotonic(),
         0,
@@ -205,42 +247,54 @@ def train(cfg: Config) -> TrainResult:
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
-        group_batches = [batches.next().to(device) for _ in range(t.accum_steps)]
-        n_tokens = sum(b.n_tgt_tokens for b in group_batches)
+        my_batches, n_tokens = batches.step(t.accum_steps, workers, device)
+        # DDP averages the workers' gradients: scaled so, the average is that of the step's
+        # loss summed over all its workers' target tokens, divided by their number.
+        scale = workers.world / n_tokens
         loss_sum = nll_sum = 0.0
-        for batch in group_batches:
-            with runtime.autocast_for(device, t.precision):
-                loss, nll = batch_loss(model, batch, smoothing=t.label_smoothing)
-            (loss / n_tokens).backward()
+        for i, batch in enumerate(my_batches):
+            with workers.no_sync(trained, sync=i == len(my_batches) - 1):
+                with runtime.autocast_for(device, t.precision):
+                    loss, nll = batch_loss(trained, batch, smoothing=t.label_smoothing)
+                (loss * scale).backward()
             loss_sum, nll_sum = loss_sum + loss.item(), nll_sum + nll.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         progress.step += 1
-        progress.elapsed = elapsed_before + time.monotonic() - started
+        # Worker 0's clock decides for all, so that they stop on time together.
+        progress.elapsed = workers.from_main(elapsed_before + time.monotonic() - started)
         window_tokens += n_tokens
         bar.update(progress)
 
         if progress.step % t.log_every == 0 or progress.step == 1:
+            loss_sum, nll_sum = workers.sum(loss_sum, nll_sum)
             rate = window_tokens / max(time.monotonic() - window_start, 1e-9)
-            events(
-                "train",
-                progress.step,
-                loss=loss_sum / n_tokens,
-                ppl=math.exp(min(nll_sum / n_tokens, 50)),
-                lr=lr,
-                grad_norm=float(grad_norm),
-                tgt_tokens_per_s=rate,
-                elapsed=progress.elapsed,
-            )
-            bar.show(
-                progress, loss=f"{loss_sum / n_tokens:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}"
-            )
+            if events is not None:
+                events(
+                    "train",
+                    progress.step,
+                    loss=loss_sum / n_tokens,
+                    ppl=math.exp(min(nll_sum / n_tokens, 50)),
+                    lr=lr,
+                    grad_norm=float(grad_norm),
+                    tgt_tokens_per_s=rate,
+                    elapsed=progress.elapsed,
+                )
+            loss_text = f"{loss_sum / n_tokens:.3f}"
+            bar.show(progress, loss=loss_text, lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
             window_tokens, window_start = 0, time.monotonic()
 
         out_of_time = t.max_minutes is not None and progress.elapsed >= t.max_minutes * 60
         if progress.step % t.valid_every == 0 or progress.step == t.max_steps or out_of_time:
-            if _validate_and_checkpoint(run, model, optimizer, progress, events, device):
+            rng = workers.gather(_rng_state())
+            patience_ran_out = False
+            if workers.main:
+                with workers.idle_cores_to_main(device):
+                    patience_ran_out = _validate_and_checkpoint(
+                        run, model, optimizer, progress, events, device, rng
+                    )
+            if workers.from_main(float(patience_ran_out)):
                 stopped_by = "patience"
                 break
             window_start = time.monotonic()
@@ -248,12 +302,15 @@ def train(cfg: Config) -> TrainResult:
             stopped_by = "max_minutes"
             break
     bar.close()
-    events.close()
+    if events is not None:
+        events.close()
     log(f"stopped at step {progress.step} ({stopped_by}); run directory: {run.dir}")
     return TrainResult(run.dir, progress.step, progress.best_score, stopped_by)
 
 
-def _validate_and_checkpoint(run, model, optimizer, progress: Progress, events, device) -> bool:
+def _validate_and_checkpoint(
+    run, model, optimizer, progress: Progress, events, device, rng: list
+) -> bool:
     """Validate, keep the best weights, save the last checkpoint (and a step checkpoint when
     train.keep_checkpoints asks for them); True when patience ran out."""
     t = run.config.train
@@ -268,7 +325,7 @@ def _validate_and_checkpoint(run, model, optimizer, progress: Progress, events, 
         save_checkpoint(run.dir / "checkpoints" / "best", model, info=info)
     else:
         progress.bad_validations += 1
-    _save_last(run, model, optimizer, progress)
+    _save_last(run, model, optimizer, progress, rng)
     if t.keep_checkpoints > 0:
         save_step_checkpoint(
             run.dir / "checkpoints", model, step=progress.step, keep=t.keep_checkpoints

@@ -143,11 +143,13 @@ def batch_loss(model: torch.nn.Module, batch: Batch, *, smoothing: float) -> tup
 
     On the CPU in float32 the output projection and the loss run fused, a block of rows at a
     time (`projected_smoothed_nll`); on CUDA and under autocast through the model's logits
-    (`smoothed_nll`). Either way only the real target positions are projected.
+    (`smoothed_nll`). Either way only the real target positions are projected. `model` may be
+    wrapped in DistributedDataParallel (training under torchrun).
     """
     inputs = (batch.src, batch.src_mask, batch.tgt_in, batch.tgt_positions)
     target, device = batch.real_targets(), batch.src.device.type
     if device == "cpu" and not torch.is_autocast_enabled(device):
-        weight = model.output_projection.weight
-        return projected_smoothed_nll(model.hidden(*inputs), weight, target, smoothing=smoothing)
+        weight = getattr(model, "module", model).output_projection.weight
+        hidden = model(*inputs, project=False)
+        return projected_smoothed_nll(hidden, weight, target, smoothing=smoothing)
     return smoothed_nll(model(*inputs), target, smoothing=smoothing)

@@ -23,6 +23,7 @@ from attnkit.data.tokenizer import (
     train_tokenizers,
 )
 from attnkit.errors import UserError
+from attnkit.training import distributed
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -30,8 +31,9 @@ TOKENIZER_DIR = "tokenizer"
 
 def log(message: str) -> None:
     """Progress messages go to stderr, so stdout stays clean for results; `tqdm.write` puts them
-    above a progress bar rather than through it."""
-    tqdm.write(message, file=sys.stderr)
+    above a progress bar rather than through it. Under torchrun only worker 0 speaks."""
+    if distributed.rank() == 0:
+        tqdm.write(message, file=sys.stderr)
 
 
 @dataclass
@@ -134,7 +136,8 @@ def prepare_run(cfg: Config) -> PreparedRun:
         valid_src, valid_ref = _read_pair(cfg.data.valid_src, cfg.data.valid_tgt, "valid")
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, run_dir / CONFIG_FILE)
+    if distributed.rank() == 0:  # under torchrun the other workers read what worker 0 wrote
+        config_lib.save(cfg, run_dir / CONFIG_FILE)
     tokenizers = _tokenizers(cfg, run_dir, train_src, train_tgt)
     train, report = tokenize_corpus(
         train_src,

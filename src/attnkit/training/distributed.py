@@ -1,0 +1,162 @@
+"""Data-parallel training over processes that `torchrun` starts, with PyTorch's own
+DistributedDataParallel.
+
+`torchrun --nproc_per_node N -m attnkit train ...` starts N copies of `attnkit train`. Each
+builds the same model, and every optimizer step they take between them the `N x accum_steps`
+batches that one process would take with `accum_steps` alone, each worker its own share (worker
+r takes batches r, r + N, ...). DDP averages the gradients during the backward pass, and the
+loss is scaled so that the average is the gradient of the whole step's loss over all its target
+tokens: N workers train the run that one process with N times the accumulation would, only
+faster. Worker 0 alone validates, writes checkpoints and logs; the others wait for it.
+
+Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op for one worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from attnkit.errors import UserError
+
+T = TypeVar("T")
+
+
+def launched() -> bool:
+    """Whether this process is one of several that torchrun started."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def rank() -> int:
+    """This worker's number (0 outside torchrun): only worker 0 speaks and writes."""
+    return int(os.environ.get("RANK", "0"))
+
+
+@dataclass(frozen=True)
+class Workers:
+    """The training processes of one run: how many there are, and which one this is."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Worker 0 validates, saves and logs."""
+        return self.rank == 0
+
+    def device(self, device: torch.device) -> torch.device:
+        """This worker's device: its own GPU (the LOCAL_RANK-th) on CUDA."""
+        if device.type == "cuda" and self.world > 1:
+            torch.cuda.set_device(self.local_rank)
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def share(self, items: Sequence[T]) -> list[T]:
+        """This worker's part of a step's batches: items rank, rank + world, ..."""
+        return list(items[self.rank :: self.world])
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The model under DistributedDataParallel, or itself for one worker."""
+        if self.world == 1:
+            return model
+        ddp = nn.parallel.DistributedDataParallel
+        # Buffers (sinusoidal position tables) are the same everywhere: no need to send them
+        # before every forward pass (the keyword's name changed in PyTorch 2.13).
+        new_name = "forward_sync_buffers" in inspect.signature(ddp).parameters
+        no_buffers = {"forward_sync_buffers" if new_name else "broadcast_buffers": False}
+        # Gradients as views into DDP's buckets: no copy into and out of them every step.
+        return ddp(model, gradient_as_bucket_view=True, **no_buffers)
+
+    def no_sync(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+        """Skip the gradient all-reduce on the accumulation passes before a step's last one."""
+        if sync or self.world == 1:
+            return contextlib.nullcontext()
+        return model.no_sync()
+
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over the workers (every worker must call this at the same point)."""
+        if self.world == 1:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def from_main(self, value: float) -> float:
+        """Worker 0's `value` on every worker, so that they take the same decisions (stopping on
+        time or patience) together."""
+        if self.world == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
+        dist.broadcast(tensor, src=0)
+        return tensor.item()
+
+    def gather(self, value: T) -> list[T]:
+        """Every worker's `value` (any picklable object), in rank order, on every worker."""
+        if self.world == 1:
+            return [value]
+        values: list = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    @contextlib.contextmanager
+    def idle_cores_to_main(self, device: torch.device) -> Iterator[None]:
+        """While worker 0 works alone (validation), the other local workers wait without
+        computing: on the CPU it may use their threads too."""
+        if not (self.main and self.local_world > 1 and device.type == "cpu"):
+            yield
+            return
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads * self.local_world)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+    def _comm_device(self) -> torch.device:
+        backend = dist.get_backend()
+        return torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
+
+
+def start(device: torch.device) -> Workers:
+    """Join the other workers when torchrun started several (NCCL on CUDA, gloo on the CPU)."""
+    if not launched():
+        return Workers()
+    env = os.environ
+    workers = Workers(
+        rank=int(env["RANK"]),
+        world=int(env["WORLD_SIZE"]),
+        local_rank=int(env.get("LOCAL_RANK", "0")),
+        local_world=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
+    )
+    if device.type == "cuda" and workers.local_world > torch.cuda.device_count():
+        raise UserError(
+            f"torchrun started {workers.local_world} workers on this machine but it has "
+            f"{torch.cuda.device_count()} GPUs: use --nproc_per_node {torch.cuda.device_count()}"
+        )
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    # Worker 0 validates alone while the others wait: give that time room.
+    dist.init_process_group(backend, timeout=timedelta(hours=2))
+    return workers
+
+
+def stop(workers: Workers) -> None:
+    """Leave the process group (after the last collective call)."""
+    if workers.world > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(workers: Workers) -> None:
+    """Wait until every worker reaches this point."""
+    if workers.world > 1:
+        dist.barrier()

@@ -1,0 +1,100 @@
+"""Data-parallel training under torchrun: two workers on the CPU (gloo), end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from attnkit.training.distributed import Workers
+from tests.conftest import ROOT
+
+
+def test_each_worker_takes_every_world_th_batch_and_one_worker_takes_all():
+    batches = list(range(7))
+    assert Workers(rank=0, world=2).share(batches) == [0, 2, 4, 6]
+    assert Workers(rank=1, world=2).share(batches) == [1, 3, 5]
+    assert Workers().share(batches) == batches
+    assert Workers().sum(1.5, 2.0) == [1.5, 2.0]
+    assert Workers().from_main(3.0) == 3.0
+
+
+def _train(data, run_dir, *extra, workers=1):
+    launcher = [sys.executable, "-m", "attnkit"]
+    if workers > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        launcher += [f"--nproc_per_node={workers}", "-m", "attnkit"]
+    args = [
+        "train",
+        "configs/demo.yaml",
+        f"run.dir={run_dir}",
+        f"data.train_src={data['train.en']}",
+        f"data.train_tgt={data['train.fr']}",
+        f"data.valid_src={data['valid.en']}",
+        f"data.valid_tgt={data['valid.fr']}",
+        "data.vocab_size=200",
+        "model.d_model=32",
+        "model.d_ff=64",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "train.max_tokens=512",
+        "train.max_steps=12",
+        "train.max_minutes=null",
+        "train.valid_every=5",
+        "train.log_every=1",
+        "train.warmup=5",
+        "train.progress=false",
+        *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _events(run_dir, event):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == event]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from attnkit.data.synthetic import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("data"), size=400, seed=3, valid=20, test=20)
+
+
+@pytest.mark.slow
+def test_two_workers_train_the_run_of_one_worker_accumulating_two_batches(data, tmp_path):
+    _train(data, tmp_path / "one", "train.accum_steps=2")
+    done = _train(data, tmp_path / "two", workers=2)
+
+    assert "x 2 workers" in done.stderr
+    assert done.stderr.count("stopped at step 12") == 1, "only worker 0 speaks"
+    one, two = _events(tmp_path / "one", "train"), _events(tmp_path / "two", "train")
+    assert [e["step"] for e in two] == list(range(1, 13))
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3), a["step"]
+    assert [e["step"] for e in _events(tmp_path / "two", "valid")] == [5, 10, 12]
+    assert (tmp_path / "two" / "checkpoints" / "last").is_dir()
+
+
+@pytest.mark.slow
+def test_two_workers_resume_where_they_stopped_each_with_its_random_state(data, tmp_path):
+    whole = tmp_path / "whole"
+    _train(data, whole, "model.dropout=0.3", workers=2)
+    parts = tmp_path / "parts"
+    _train(data, parts, "model.dropout=0.3", "train.max_steps=7", workers=2)
+    resumed = _train(data, parts, "model.dropout=0.3", workers=2)
+
+    assert "resuming" in resumed.stderr
+    expected, got = _events(whole, "train"), _events(parts, "train")
+    assert [e["step"] for e in got] == list(range(1, 13))
+    for a, b in zip(expected, got, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
