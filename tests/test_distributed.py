@@ -6,20 +6,49 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
+from attnkit import config
 from attnkit.training.distributed import Workers
+from attnkit.training.loop import Batches, Progress
 from tests.conftest import ROOT
 
 
-def test_each_worker_takes_every_world_th_batch_and_one_worker_takes_all():
-    batches = list(range(7))
-    assert Workers(rank=0, world=2).share(batches) == [0, 2, 4, 6]
-    assert Workers(rank=1, world=2).share(batches) == [1, 3, 5]
-    assert Workers().share(batches) == batches
+def test_each_worker_takes_every_world_th_pair_and_one_worker_takes_all():
+    pairs = list(range(7))
+    assert Workers(rank=0, world=2).share(pairs) == [0, 2, 4, 6]
+    assert Workers(rank=1, world=2).share(pairs) == [1, 3, 5]
+    assert Workers().share(pairs) == pairs
     assert Workers().sum(1.5, 2.0) == [1.5, 2.0]
     assert Workers().from_main(3.0) == 3.0
+
+
+def test_workers_split_every_batch_and_a_worker_left_without_a_pair_gets_a_weightless_one():
+    from tests.test_batching import random_corpus
+
+    corpus = random_corpus(60, seed=1)
+
+    def run(max_tokens):
+        cfg = config.load(ROOT / "configs" / "demo.yaml", [f"train.max_tokens={max_tokens}"])
+        return SimpleNamespace(train=corpus, config=cfg)
+
+    whole = Batches(run(24), Progress(), Workers())
+    halves = [Batches(run(12), Progress(), Workers(rank=r, world=2)) for r in range(2)]
+    seen_stand_in = False  # two workers of 12 tokens walk the batches of one worker of 24
+    for _ in range(40):
+        [(batch, weight)], n_tokens = whole.step(1, "cpu")
+        ([(b0, w0)], n0), ([(b1, w1)], n1) = (h.step(1, "cpu") for h in halves)
+        assert weight == w0 == 1.0
+        assert n0 == n1 == n_tokens
+        if w1 == 0.0:  # a batch of one pair: worker 1 trains on a copy of it, weightless
+            seen_stand_in = True
+            assert list(b1.indices) == list(b0.indices) == list(batch.indices)
+        else:
+            assert sorted([*b0.indices, *b1.indices]) == sorted(batch.indices)
+            assert b0.n_tgt_tokens + b1.n_tgt_tokens == batch.n_tgt_tokens
+    assert seen_stand_in
 
 
 def _train(data, run_dir, *extra, workers=1):
@@ -70,9 +99,9 @@ def data(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_two_workers_train_the_run_of_one_worker_accumulating_two_batches(data, tmp_path):
-    _train(data, tmp_path / "one", "train.accum_steps=2")
-    done = _train(data, tmp_path / "two", workers=2)
+def test_two_workers_train_the_run_of_one_worker_with_batches_twice_as_large(data, tmp_path):
+    _train(data, tmp_path / "one", "train.max_tokens=1024")
+    done = _train(data, tmp_path / "two", "train.max_tokens=512", workers=2)
 
     assert "x 2 workers" in done.stderr
     assert done.stderr.count("stopped at step 12") == 1, "only worker 0 speaks"

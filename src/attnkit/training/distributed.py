@@ -2,12 +2,12 @@
 DistributedDataParallel.
 
 `torchrun --nproc_per_node N -m attnkit train ...` starts N copies of `attnkit train`. Each
-builds the same model, and every optimizer step they take between them the `N x accum_steps`
-batches that one process would take with `accum_steps` alone, each worker its own share (worker
-r takes batches r, r + N, ...). DDP averages the gradients during the backward pass, and the
-loss is scaled so that the average is the gradient of the whole step's loss over all its target
-tokens: N workers train the run that one process with N times the accumulation would, only
-faster. Worker 0 alone validates, writes checkpoints and logs; the others wait for it.
+builds the same model; batches hold up to `train.max_tokens` tokens per worker, and each worker
+trains on its share of every batch (pairs r, r + N, ... of the length-sorted pairs, so the
+shares cost about the same). DDP averages the gradients during the backward pass, and the loss
+is scaled so that the average is the gradient of the whole batch's loss over all its target
+tokens: N workers train the run that one process with N times `max_tokens` would, only faster.
+Worker 0 alone validates, writes checkpoints and logs; the others wait for it.
 
 Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op for one worker.
 """
@@ -32,8 +32,8 @@ T = TypeVar("T")
 
 
 def launched() -> bool:
-    """Whether this process is one of several that torchrun started."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun started this process (it sets WORLD_SIZE, 1 for a single worker)."""
+    return "WORLD_SIZE" in os.environ
 
 
 def rank() -> int:
@@ -49,6 +49,7 @@ class Workers:
     world: int = 1
     local_rank: int = 0
     local_world: int = 1
+    group: bool = False  # joined torchrun's process group (even as its only worker)
 
     @property
     def main(self) -> bool:
@@ -57,18 +58,18 @@ class Workers:
 
     def device(self, device: torch.device) -> torch.device:
         """This worker's device: its own GPU (the LOCAL_RANK-th) on CUDA."""
-        if device.type == "cuda" and self.world > 1:
+        if device.type == "cuda" and self.group:
             torch.cuda.set_device(self.local_rank)
             return torch.device("cuda", self.local_rank)
         return device
 
-    def share(self, items: Sequence[T]) -> list[T]:
-        """This worker's part of a step's batches: items rank, rank + world, ..."""
-        return list(items[self.rank :: self.world])
+    def share(self, items: Sequence[T]) -> Sequence[T]:
+        """This worker's part of a batch: items rank, rank + world, ... (maybe none)."""
+        return items[self.rank :: self.world]
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model under DistributedDataParallel, or itself for one worker."""
-        if self.world == 1:
+        if not self.group:
             return model
         ddp = nn.parallel.DistributedDataParallel
         # Buffers (sinusoidal position tables) are the same everywhere: no need to send them
@@ -80,13 +81,13 @@ class Workers:
 
     def no_sync(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
         """Skip the gradient all-reduce on the accumulation passes before a step's last one."""
-        if sync or self.world == 1:
+        if sync or not self.group:
             return contextlib.nullcontext()
         return model.no_sync()
 
     def sum(self, *values: float) -> list[float]:
         """Each value summed over the workers (every worker must call this at the same point)."""
-        if self.world == 1:
+        if not self.group:
             return list(values)
         tensor = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
         dist.all_reduce(tensor)
@@ -95,7 +96,7 @@ class Workers:
     def from_main(self, value: float) -> float:
         """Worker 0's `value` on every worker, so that they take the same decisions (stopping on
         time or patience) together."""
-        if self.world == 1:
+        if not self.group:
             return value
         tensor = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
         dist.broadcast(tensor, src=0)
@@ -103,7 +104,7 @@ class Workers:
 
     def gather(self, value: T) -> list[T]:
         """Every worker's `value` (any picklable object), in rank order, on every worker."""
-        if self.world == 1:
+        if not self.group:
             return [value]
         values: list = [None] * self.world
         dist.all_gather_object(values, value)
@@ -138,6 +139,7 @@ def start(device: torch.device) -> Workers:
         world=int(env["WORLD_SIZE"]),
         local_rank=int(env.get("LOCAL_RANK", "0")),
         local_world=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
+        group=True,
     )
     if device.type == "cuda" and workers.local_world > torch.cuda.device_count():
         raise UserError(
@@ -152,11 +154,11 @@ def start(device: torch.device) -> Workers:
 
 def stop(workers: Workers) -> None:
     """Leave the process group (after the last collective call)."""
-    if workers.world > 1 and dist.is_initialized():
+    if workers.group and dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(workers: Workers) -> None:
     """Wait until every worker reaches this point."""
-    if workers.world > 1:
+    if workers.group:
         dist.barrier()

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from attnkit import runtime
 from attnkit.config import Config, TrainConfig
-from attnkit.data.batching import collate, make_batches, target_tokens
+from attnkit.data.batching import Batch, collate, make_batches, target_tokens
 from attnkit.models.build import build_model
 from attnkit.training import distributed
 from attnkit.training.checkpoint import (
@@ -61,10 +61,16 @@ class TrainResult:
 
 
 class Batches:
-    """An endless, resumable walk over the training batches, epoch after epoch."""
+    """An endless, resumable walk over the training batches, epoch after epoch.
 
-    def __init__(self, run: PreparedRun, progress: Progress) -> None:
+    Under torchrun each batch holds up to `max_tokens` tokens per worker, and each worker trains
+    on every world-th of its pairs: pairs in a batch are sorted by length, so the workers' shares
+    cost about the same and none waits long for the others at the gradient all-reduce.
+    """
+
+    def __init__(self, run: PreparedRun, progress: Progress, workers: Workers) -> None:
         self.corpus, self.cfg, self.progress = run.train, run.config, progress
+        self.workers = workers
         self.src_lengths, self.tgt_lengths = self.corpus.src_lengths(), self.corpus.tgt_lengths()
         self.epoch_batches = self._plan(progress.epoch)
 
@@ -72,14 +78,14 @@ class Batches:
         return make_batches(
             self.src_lengths,
             self.tgt_lengths,
-            max_tokens=self.cfg.train.max_tokens,
+            max_tokens=self.cfg.train.max_tokens * self.workers.world,
             shuffle=True,
             seed=self.cfg.run.seed,
             epoch=epoch,
         )
 
     def next(self) -> np.ndarray:
-        """The corpus indices of the pairs of the next batch."""
+        """The corpus indices of the pairs of the next batch (all workers' pairs)."""
         p = self.progress
         if p.batch_in_epoch >= len(self.epoch_batches):
             p.epoch, p.batch_in_epoch = p.epoch + 1, 0
@@ -88,12 +94,20 @@ class Batches:
         p.batch_in_epoch += 1
         return indices
 
-    def step(self, accum_steps: int, workers: Workers, device: torch.device) -> tuple[list, int]:
-        """One optimizer step's batches: this worker's share of the `accum_steps` x workers
-        next batches, on `device`, and the target tokens of all of them (the loss normaliser)."""
-        plan = [self.next() for _ in range(accum_steps * workers.world)]
+    def step(self, accum_steps: int, device: torch.device) -> tuple[list[tuple[Batch, float]], int]:
+        """One optimizer step: this worker's part of the next `accum_steps` batches, on `device`,
+        each with its weight in the loss, and the target tokens of all workers' parts (the
+        loss normaliser). A batch with fewer pairs than there are workers leaves some without
+        one: they train on a stand-in pair of weight 0, since every worker must take part in
+        each gradient all-reduce."""
+        plan = [self.next() for _ in range(accum_steps)]
         n_tokens = sum(target_tokens(self.tgt_lengths, indices) for indices in plan)
-        return [collate(self.corpus, ix).to(device) for ix in workers.share(plan)], n_tokens
+        parts = []
+        for indices in plan:
+            mine = self.workers.share(indices)
+            weight, mine = (1.0, mine) if len(mine) else (0.0, indices[:1])
+            parts.append((collate(self.corpus, mine).to(device), weight))
+        return parts, n_tokens
 
 
 def _restore(run: PreparedRun, model, optimizer, workers: Workers) -> Progress:
@@ -227,7 +241,7 @@ def _train(cfg: Config, workers: Workers, device: torch.device) -> TrainResult:
     optimizer = adam(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     progress = _restore(run, model, optimizer, workers)
     trained = workers.wrap(model)  # what the loss runs through: the model, or DDP around it
-    batches = Batches(run, progress)
+    batches = Batches(run, progress, workers)
     events = EventLog(run.dir) if workers.main else None
     on = "" if workers.world == 1 else f" x {workers.world} workers"
     n_params = sum(p.numel() for p in model.parameters())
@@ -247,17 +261,17 @@ def _train(cfg: Config, workers: Workers, device: torch.device) -> TrainResult:
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
-        my_batches, n_tokens = batches.step(t.accum_steps, workers, device)
+        parts, n_tokens = batches.step(t.accum_steps, device)
         # DDP averages the workers' gradients: scaled so, the average is that of the step's
         # loss summed over all its workers' target tokens, divided by their number.
         scale = workers.world / n_tokens
         loss_sum = nll_sum = 0.0
-        for i, batch in enumerate(my_batches):
-            with workers.no_sync(trained, sync=i == len(my_batches) - 1):
+        for i, (batch, weight) in enumerate(parts):
+            with workers.no_sync(trained, sync=i == len(parts) - 1):
                 with runtime.autocast_for(device, t.precision):
                     loss, nll = batch_loss(trained, batch, smoothing=t.label_smoothing)
-                (loss * scale).backward()
-            loss_sum, nll_sum = loss_sum + loss.item(), nll_sum + nll.item()
+                (loss * (weight * scale)).backward()
+            loss_sum, nll_sum = loss_sum + weight * loss.item(), nll_sum + weight * nll.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.clip_norm or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
