@@ -243,7 +243,7 @@ def _train(cfg: Config, workers: Workers, device: torch.device) -> TrainResult:
     trained = workers.wrap(model)  # what the loss runs through: the model, or DDP around it
     batches = Batches(run, progress, workers)
     events = EventLog(run.dir) if workers.main else None
-    on = "" if workers.world == 1 else f" x {workers.world} workers"
+    on = f" x {workers.world} worker{'s' * (workers.world > 1)}" if workers.group else ""
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.model.arch} {cfg.model.preset}, {n_params:,} parameters, on {device}{on}")
     bar = TrainingBar(t, progress, show=workers.main)
