@@ -245,6 +245,7 @@ def worker_command(system: str, args: argparse.Namespace, work: Path) -> list[st
     common += ["--out-len", str(args.out_len), "--device", args.device]
     common += ["--decode-repeats", str(args.decode_repeats)]
     if system == "attnkit":
+        common += ["--current-python"] * args.current_python  # its own checks see the same flags
         return [sys.executable, str(Path(__file__).resolve()), str(args.data), "--worker",
                 str(work), "--steps", str(args.steps), *common]  # fmt: skip
     python = str((args.venvs / system / "bin" / "python").absolute())  # not resolve(): a link
