@@ -83,6 +83,13 @@ def test_unknown_override_key(cli, tmp_path):
     assert_one_line_error(cli("train", str(path), "train.stepz=3"), "train.stepz")
 
 
+def test_overrides_may_follow_options(cli, tmp_path):
+    path = write(tmp_path / "c.yaml", "run: {dir: x}\n")
+    done = cli("train", str(path), "run.seed=2", "--workers", "2", "train.stepz=3")
+    assert_one_line_error(done, "train.stepz")
+    assert "unrecognized arguments" in cli("train", str(path), "--workers", "2", "--nope").stderr
+
+
 @pytest.mark.parametrize(
     "override",
     [

@@ -51,13 +51,15 @@ def test_workers_split_every_batch_and_a_worker_left_without_a_pair_gets_a_weigh
     assert seen_stand_in
 
 
-def _train(data, run_dir, *extra, workers=1):
-    launcher = [sys.executable, "-m", "attnkit"]
-    if workers > 1:
+def _train(data, run_dir, *extra, workers=1, torchrun=False):
+    """`attnkit train` of a tiny model on `data`, by itself (`--workers`) or under torchrun."""
+    launcher = [sys.executable, "-m", "attnkit", "train"]
+    if torchrun:
         launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-        launcher += [f"--nproc_per_node={workers}", "-m", "attnkit"]
+        launcher += [f"--nproc_per_node={workers}", "-m", "attnkit", "train"]
+    elif workers > 1:
+        launcher += [f"--workers={workers}"]
     args = [
-        "train",
         "configs/demo.yaml",
         f"run.dir={run_dir}",
         f"data.train_src={data['train.en']}",
@@ -101,7 +103,7 @@ def data(tmp_path_factory):
 @pytest.mark.slow
 def test_two_workers_train_the_run_of_one_worker_with_batches_twice_as_large(data, tmp_path):
     _train(data, tmp_path / "one", "train.max_tokens=1024")
-    done = _train(data, tmp_path / "two", "train.max_tokens=512", workers=2)
+    done = _train(data, tmp_path / "two", "train.max_tokens=512", workers=2, torchrun=True)
 
     assert "x 2 workers" in done.stderr
     assert done.stderr.count("stopped at step 12") == 1, "only worker 0 speaks"
@@ -127,3 +129,30 @@ def test_two_workers_resume_where_they_stopped_each_with_its_random_state(data, 
     assert [e["step"] for e in got] == list(range(1, 13))
     for a, b in zip(expected, got, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-4), a["step"]
+
+
+def test_bad_input_under_workers_is_one_line_from_worker_0(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "attnkit",
+            "train",
+            "configs/demo.yaml",
+            "--workers",
+            "2",
+            f"run.dir={tmp_path / 'run'}",
+            f"data.train_src={tmp_path / 'missing.en'}",
+            f"data.train_tgt={tmp_path / 'missing.fr'}",
+        ],  # fmt: skip
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"attnkit: error: file not found: {tmp_path / 'missing.en'}"
+    ]
+    assert not (tmp_path / "run").exists()

@@ -56,9 +56,15 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from attnkit import config as config_lib
+    from attnkit.training import distributed
     from attnkit.training.loop import train
 
     cfg = config_lib.load(args.config, args.overrides)
+    if args.workers > 1 and not distributed.launched():
+        status = distributed.launch(args.workers, ["train", args.config, *args.overrides])
+        if status:
+            raise SystemExit(status)  # worker 0 has said why
+        return
     train(cfg)
 
 
@@ -158,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (resumes when the run has a checkpoint)")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="data-parallel processes on this machine, one per GPU (as torchrun starts them; "
+        "train.max_tokens is per worker)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("translate", help="translate text with a trained run (stdin to stdout)")
@@ -277,9 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a positional list at the first option: `train CONFIG --workers 2 a.b=c`
+    # leaves `a.b=c` over. Overrides may come on either side of the options.
+    if extra and hasattr(args, "overrides") and all(_is_override(arg) for arg in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except UserError as error:

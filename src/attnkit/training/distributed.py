@@ -9,14 +9,20 @@ is scaled so that the average is the gradient of the whole batch's loss over all
 tokens: N workers train the run that one process with N times `max_tokens` would, only faster.
 Worker 0 alone validates, writes checkpoints and logs; the others wait for it.
 
-Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op for one worker.
+`attnkit train --workers N` starts them itself, through the same launcher as
+`torchrun --standalone` (`launch`), so that a worker's error ends in its one line, without
+torchrun's report. Without torchrun (no WORLD_SIZE in the environment) everything here is a
+no-op for one worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import os
+import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -158,7 +164,30 @@ def stop(workers: Workers) -> None:
         dist.destroy_process_group()
 
 
-def barrier(workers: Workers) -> None:
-    """Wait until every worker reaches this point."""
-    if workers.group:
-        dist.barrier()
+def launch(n: int, argv: Sequence[str]) -> int:
+    """Run `attnkit ARGV` as `n` workers on this machine, as `torchrun --standalone
+    --nproc_per_node N -m attnkit ARGV` would; their exit status (0, or 1 when one failed).
+
+    Worker 0 prints what went wrong itself, so the launcher's own report (a traceback of the
+    launcher and a table of exit codes) is kept quiet. Threads per worker, unless the
+    environment or `run.threads` says otherwise: the machine's cores shared out.
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
+    config = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=n,
+        run_id=str(uuid.uuid4()),
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",  # a free port
+        max_restarts=0,
+    )
+    try:
+        elastic_launch(config, sys.executable)("-m", "attnkit", *argv)
+    except ChildFailedError:
+        return 1
+    return 0

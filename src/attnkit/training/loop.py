@@ -22,6 +22,7 @@ from tqdm import tqdm
 from attnkit import runtime
 from attnkit.config import Config, TrainConfig
 from attnkit.data.batching import Batch, collate, make_batches, target_tokens
+from attnkit.errors import UserError
 from attnkit.models.build import build_model
 from attnkit.training import distributed
 from attnkit.training.checkpoint import (
@@ -225,12 +226,25 @@ def train(cfg: Config) -> TrainResult:
         distributed.stop(workers)
 
 
-def _train(cfg: Config, workers: Workers, device: torch.device) -> TrainResult:
-    if not workers.main:  # worker 0 checks the input and writes the run directory first
-        distributed.barrier(workers)
-    run = prepare_run(cfg)
+def _prepare(cfg: Config, workers: Workers) -> PreparedRun:
+    """Worker 0 checks the input and writes the run directory (tokenizer, config) before the
+    others read it. When the input is bad it tells them, and they leave quietly: it alone says
+    why."""
     if workers.main:
-        distributed.barrier(workers)
+        try:
+            run = prepare_run(cfg)
+        except UserError:
+            workers.from_main(1.0)
+            raise
+        workers.from_main(0.0)
+        return run
+    if workers.from_main(0.0):
+        raise SystemExit(1)
+    return prepare_run(cfg)
+
+
+def _train(cfg: Config, workers: Workers, device: torch.device) -> TrainResult:
+    run = _prepare(cfg, workers)
     t = cfg.train
     runtime.configure(cfg.run.threads)
     torch.manual_seed(cfg.run.seed)
