@@ -32,6 +32,18 @@ def cli():
     return run_cli
 
 
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A CLI run that failed as a user error should: status 1, nothing on stdout, one line on
+    stderr naming the problem (each of `fragments`), no traceback."""
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("attnkit: error: ") and "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")

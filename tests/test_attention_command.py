@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 
 from attnkit.errors import UserError
 from attnkit.study.attention_command import select_attention
@@ -15,16 +16,6 @@ SENTENCE = "The young woman sees the small dogs."
 def assert_png(path) -> None:
     assert path.is_file(), path
     assert path.read_bytes()[:4] == PNG
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.returncode == 1, result.stderr
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("attnkit: error: ") and "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def assert_nothing_written(folder) -> None:

@@ -9,11 +9,11 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from conftest import ROOT
 
 from attnkit import config
 from attnkit.training.distributed import Workers
 from attnkit.training.loop import Batches, Progress
-from tests.conftest import ROOT
 
 
 def test_each_worker_takes_every_world_th_pair_and_one_worker_takes_all():

@@ -16,7 +16,6 @@ from attnkit import __version__
 from attnkit.errors import UserError
 
 NOT_YET = {
-    "serve": "a later issue (the HTTP API and web page)",
     "export": "a later issue (Hugging Face Marian and CTranslate2 export)",
 }
 
@@ -66,6 +65,12 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise SystemExit(status)  # worker 0 has said why
         return
     train(cfg)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from attnkit.serving.server import serve_command
+
+    serve_command(args)
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
@@ -276,11 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_attention)
 
-    p = sub.add_parser("serve", help="serve a run over HTTP [not yet implemented]")
-    p.add_argument("run")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=not_yet("serve"))
+    p = sub.add_parser(
+        "serve",
+        help="serve a run over HTTP: a JSON API (POST /translate) and a web page",
+        description='Serve a trained run: POST /translate with {"text": "..."} or a list of '
+        'lines (optional "beam"), GET / for a web page, GET /health. Listens on 127.0.0.1 '
+        "unless --host says otherwise.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument(
+        "--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)"
+    )
+    p.add_argument("--checkpoint", choices=["best", "last", "averaged"], default="best")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the run's)")
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=65536,
+        help="largest request body (default: 64 KiB)",
+    )
+    p.add_argument("--max-lines", type=int, default=64, help="most lines a request (default: 64)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("export", help="export a run to Hugging Face or CTranslate2 [not yet]")
     p.add_argument("run")
