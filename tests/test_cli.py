@@ -141,3 +141,18 @@ def test_evaluate_mismatched_hyp(cli, tmp_path):
     ref = write(tmp_path / "ref.fr", "a\nb\n")
     hyp = write(tmp_path / "hyp.fr", "a\n")
     assert_one_line_error(cli("evaluate", "--hyp", str(hyp), "--ref", str(ref)), "ref.fr")
+
+
+def test_a_device_that_is_not_here_is_a_user_error():
+    import torch
+
+    from attnkit.errors import UserError
+    from attnkit.runtime import resolve_device
+
+    with pytest.raises(UserError, match="not a device"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device"):
+            resolve_device("cuda:0")
+    with pytest.raises(UserError, match="CUDA device"):
+        resolve_device(f"cuda:{torch.cuda.device_count()}")

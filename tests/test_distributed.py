@@ -156,3 +156,13 @@ def test_bad_input_under_workers_is_one_line_from_worker_0(tmp_path):
         f"attnkit: error: file not found: {tmp_path / 'missing.en'}"
     ]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_number_of_workers_the_machine_cannot_run_is_refused_before_any_starts(cli):
+    import torch
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(cli("train", "configs/demo.yaml", "--workers", "0"), "--workers")
+    gpus = torch.cuda.device_count()
+    done = cli("train", "configs/demo.yaml", "run.device=cuda", f"--workers={gpus + 1}")
+    assert_one_line_error(done, f"{gpus + 1} GPUs" if gpus else "no CUDA device")

@@ -55,10 +55,12 @@ def cmd_data_prepare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from attnkit import config as config_lib
+    from attnkit import runtime
     from attnkit.training import distributed
     from attnkit.training.loop import train
 
     cfg = config_lib.load(args.config, args.overrides)
+    distributed.check_workers(args.workers, runtime.resolve_device(cfg.run.device))
     if args.workers > 1 and not distributed.launched():
         status = distributed.launch(args.workers, ["train", args.config, *args.overrides])
         if status:

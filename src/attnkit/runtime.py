@@ -61,10 +61,23 @@ def configure(threads: int | None) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when there is one, else the CPU."""
+    """`auto` picks CUDA when there is one, else the CPU; a device that is not here, or not a
+    device, is a UserError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(
+            f"device '{name}': not a device (expected auto, cpu, cuda or cuda:N)"
+        ) from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UserError(f"device '{name}': PyTorch sees no CUDA device here (use cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device '{name}': this machine has {count} CUDA device(s)")
+    return device
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -135,6 +135,17 @@ class Workers:
         return torch.device("cuda", self.local_rank) if backend == "nccl" else torch.device("cpu")
 
 
+def check_workers(n: int, device: torch.device) -> None:
+    """Refuse, before starting any, a number of workers this machine cannot run: on CUDA one
+    GPU each."""
+    if n < 1:
+        raise UserError(f"--workers must be at least 1, got {n}")
+    if device.type == "cuda" and n > torch.cuda.device_count():
+        raise UserError(
+            f"{n} workers on this machine need {n} GPUs; it has {torch.cuda.device_count()}"
+        )
+
+
 def start(device: torch.device) -> Workers:
     """Join the other workers when torchrun started several (NCCL on CUDA, gloo on the CPU)."""
     if not launched():
@@ -147,11 +158,7 @@ def start(device: torch.device) -> Workers:
         local_world=int(env.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])),
         group=True,
     )
-    if device.type == "cuda" and workers.local_world > torch.cuda.device_count():
-        raise UserError(
-            f"torchrun started {workers.local_world} workers on this machine but it has "
-            f"{torch.cuda.device_count()} GPUs: use --nproc_per_node {torch.cuda.device_count()}"
-        )
+    check_workers(workers.local_world, device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     # Worker 0 validates alone while the others wait: give that time room.
     dist.init_process_group(backend, timeout=timedelta(hours=2))
