@@ -26,7 +26,7 @@ def test_each_worker_takes_every_world_th_pair_and_one_worker_takes_all():
 
 
 def test_workers_split_every_batch_and_a_worker_left_without_a_pair_gets_a_weightless_one():
-    from tests.test_batching import random_corpus
+    from test_batching import random_corpus
 
     corpus = random_corpus(60, seed=1)
 

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from attnkit import __version__
 from attnkit.errors import UserError
-
-NOT_YET = {
-    "export": "a later issue (Hugging Face Marian and CTranslate2 export)",
-}
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -69,6 +65,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     train(cfg)
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    if args.to == "hf":
+        raise UserError(
+            "export --to hf is not available: Hugging Face Marian models are post-norm with "
+            "their sinusoids laid out in halves; use --to ctranslate2"
+        )
+    from attnkit.interop.ctranslate2 import export_ctranslate2
+
+    out = export_ctranslate2(
+        args.run, args.out, checkpoint=args.checkpoint, quantization=args.quantization
+    )
+    print(f"wrote {out}")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from attnkit.serving.server import serve_command
 
@@ -106,13 +116,6 @@ def cmd_attention(args: argparse.Namespace) -> None:
     from attnkit.study.attention_command import attention_command
 
     attention_command(args)
-
-
-def not_yet(name: str) -> Callable[[argparse.Namespace], None]:
-    def command(args: argparse.Namespace) -> None:
-        raise UserError(f"'attnkit {name}' is not implemented yet: it arrives with {NOT_YET[name]}")
-
-    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,11 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lines", type=int, default=64, help="most lines a request (default: 64)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="export a run to Hugging Face or CTranslate2 [not yet]")
-    p.add_argument("run")
-    p.add_argument("--to", choices=["hf", "ctranslate2"], required=True)
-    p.add_argument("out")
-    p.set_defaults(func=not_yet("export"))
+    p = sub.add_parser(
+        "export",
+        help="export a run's Transformer to CTranslate2 (fast int8 CPU / fp16 GPU inference)",
+        description="Write a run's Transformer as a CTranslate2 model in OUT, with its "
+        "SentencePiece model(s) under OUT/tokenizer. Needs the ctranslate2 package "
+        "(pip install 'attnkit[export]'). --to hf (Hugging Face Marian) is not available: "
+        "Marian models are post-norm and lay their sinusoids out differently.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--to", choices=["ctranslate2", "hf"], required=True, help="target format")
+    p.add_argument("out", help="output folder (new, or an earlier export to replace)")
+    p.add_argument("--checkpoint", choices=["best", "last", "averaged"], default="best")
+    p.add_argument(
+        "--quantization",
+        default="none",
+        help="store the weights as int8, int8_float32, int8_float16, int8_bfloat16, float16 or "
+        "bfloat16 (default: none, float32; CTranslate2 can also convert when it loads)",
+    )
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -75,6 +75,10 @@ class Tokenizer:
         """The pieces that token ids stand for, e.g. to label a decoded output."""
         return [self._sp.id_to_piece(int(i)) for i in ids]
 
+    def ids(self, pieces: Sequence[str]) -> list[int]:
+        """The ids of pieces, e.g. the output of an engine that decodes to pieces."""
+        return [self._sp.piece_to_id(piece) for piece in pieces]
+
     def __repr__(self) -> str:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 
@@ -131,7 +135,7 @@ def train_tokenizers(
         if not any(line.strip() for line in lines):
             raise UserError(f"cannot train the {name} tokenizer: its training text has no words")
     out_dir = Path(out_dir)
-    with _replacing_dir(out_dir) as staging:
+    with replacing_dir(out_dir) as staging:
         for name, lines in corpora.items():
             _train_one(
                 _sample(lines, sample, seed),
@@ -198,7 +202,7 @@ def _train_one(
 
 
 @contextmanager
-def _replacing_dir(target: Path) -> Iterator[Path]:
+def replacing_dir(target: Path) -> Iterator[Path]:
     """A staging directory beside `target` that replaces it when the block finishes without error.
 
     On error the staging directory is removed and `target` is left as it was.
@@ -234,7 +238,7 @@ def tokenizers_from_models(
         Tokenizer(tgt_model)
         copies = {"src.model": src_model, "tgt.model": tgt_model}
     out_dir = Path(out_dir)
-    with _replacing_dir(out_dir) as staging:
+    with replacing_dir(out_dir) as staging:
         for name, source in copies.items():
             shutil.copyfile(source, staging / name)
     return load_tokenizers(out_dir)

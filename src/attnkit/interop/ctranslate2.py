@@ -1,0 +1,139 @@
+"""`attnkit export RUN --to ctranslate2 OUT`: a trained Transformer as a CTranslate2 model.
+
+CTranslate2 is an inference engine for Transformers (C++, with int8 CPU and fp16/bf16 GPU
+kernels). Its `TransformerSpec` describes attnkit's Transformer exactly: pre- or post-norm,
+embeddings scaled by sqrt(D) plus a position table (sinusoidal or learned, handed over as it
+is), fused query/key/value projections laid out as PyTorch lays them out, ReLU feed-forward
+networks, and a bias-free output projection. The source gets EOS appended (as attnkit's
+encoder input does) and decoding starts from BOS.
+
+OUT holds the CTranslate2 model (`model.bin`, `config.json`, the vocabularies as SentencePiece
+pieces) and the run's SentencePiece model(s) under `tokenizer/`, to split text into pieces and
+join them back.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from torch import Tensor
+
+from attnkit.data.tokenizer import Tokenizer, replacing_dir
+from attnkit.errors import UserError
+from attnkit.generation.translator import Translator
+from attnkit.models.transformer import LearnedPositions
+
+QUANTIZATIONS = ("none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16",
+                 "bfloat16")  # fmt: skip
+LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which attnkit's layers use
+
+
+def export_ctranslate2(
+    run_dir: str | Path, out: str | Path, *, checkpoint: str = "best", quantization: str = "none"
+) -> Path:
+    """Write the run's Transformer to `out` as a CTranslate2 model; returns `out`."""
+    try:
+        import ctranslate2  # noqa: F401 (checked before any work)
+        from ctranslate2.specs import transformer_spec
+    except ImportError:
+        raise UserError(
+            "export --to ctranslate2 needs the ctranslate2 package: pip install 'attnkit[export]'"
+        ) from None
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"--quantization: unknown value '{quantization}'")
+    out = Path(out)
+    if out.exists() and not (out / "model.bin").is_file():
+        raise UserError(f"{out} exists and is not a CTranslate2 model: choose a new folder")
+    translator = Translator.from_run(run_dir, checkpoint=checkpoint, device="cpu")
+    model, cfg, tokenizers = translator.model, translator.config, translator.tokenizers
+    if cfg.model.arch != "transformer":
+        raise UserError(
+            f"export --to ctranslate2 takes a Transformer; {run_dir} holds a '{cfg.model.arch}' model"
+        )
+    pre_norm = model.encoder.layers[0].self_attention_block.pre_norm
+    spec = transformer_spec.TransformerSpec.from_config(
+        (len(model.encoder.layers), len(model.decoder.layers)),
+        model.encoder.layers[0].self_attention.n_heads,
+        pre_norm=pre_norm,
+    )
+    spec.config.layer_norm_epsilon = LAYER_NORM_EPS
+    spec.config.add_source_eos = True  # attnkit's encoder reads the source followed by EOS
+    for side, embedding, positions in (
+        (spec.encoder, model.source_embedding, model.source_positions),
+        (spec.decoder, model.target_embedding, model.target_positions),
+    ):
+        embeddings = side.embeddings  # the encoder's is a list, one per source feature
+        (embeddings[0] if isinstance(embeddings, list) else embeddings).weight = _array(
+            embedding.weight
+        )
+        side.scale_embeddings = True  # x sqrt(D), as attnkit's embedding_scale
+        side.position_encodings.encodings = _array(_position_table(positions, cfg.data.max_len))
+    for layer_spec, layer in zip(spec.encoder.layer, model.encoder.layers, strict=True):
+        _set_attention(layer_spec.self_attention, layer.self_attention, layer.self_attention_block)
+        _set_feed_forward(layer_spec.ffn, layer.feed_forward, layer.feed_forward_block)
+    for layer_spec, layer in zip(spec.decoder.layer, model.decoder.layers, strict=True):
+        _set_attention(layer_spec.self_attention, layer.self_attention, layer.self_attention_block)
+        _set_attention(
+            layer_spec.attention, layer.cross_attention, layer.cross_attention_block, cross=True
+        )
+        _set_feed_forward(layer_spec.ffn, layer.feed_forward, layer.feed_forward_block)
+    if pre_norm:
+        _set_norm(spec.encoder.layer_norm, model.encoder.final_norm)
+        _set_norm(spec.decoder.layer_norm, model.decoder.final_norm)
+    spec.decoder.projection.weight = _array(model.output_projection.weight)
+    spec.register_source_vocabulary(_pieces(tokenizers.src))
+    spec.register_target_vocabulary(_pieces(tokenizers.tgt))
+    spec.validate()
+    spec.optimize(quantization=None if quantization == "none" else quantization)
+    with replacing_dir(out) as staging:
+        spec.save(str(staging))
+        shutil.copytree(Path(run_dir) / "tokenizer", staging / "tokenizer")
+    return out
+
+
+def _array(tensor: Tensor):
+    return tensor.detach().float().cpu().numpy().copy()
+
+
+def _position_table(positions, max_len: int) -> Tensor:
+    """A side's position encodings: a learned table as it is; the sinusoids for as many
+    positions as decoding may reach (sources up to data.max_len, outputs at most 1.5 times that
+    plus 10 by default), and never fewer than 1,024."""
+    if isinstance(positions, LearnedPositions):
+        return positions.table.weight
+    return positions(max(1024, 2 * max_len + 64))
+
+
+def _set_linear(spec, weight: Tensor, bias: Tensor | None) -> None:
+    spec.weight = _array(weight)
+    if bias is not None:
+        spec.bias = _array(bias)
+
+
+def _set_norm(spec, norm) -> None:
+    spec.gamma, spec.beta = _array(norm.weight), _array(norm.bias)
+
+
+def _set_attention(spec, attention, block, *, cross: bool = False) -> None:
+    """Self-attention: one fused (3D, D) projection, like attnkit's `in_proj`. Cross-attention:
+    the query projection, then keys and values fused (2D, D)."""
+    w, b = attention.in_proj.weight, attention.in_proj.bias
+    d = w.size(1)
+    if cross:
+        _set_linear(spec.linear[0], w[:d], None if b is None else b[:d])
+        _set_linear(spec.linear[1], w[d:], None if b is None else b[d:])
+    else:
+        _set_linear(spec.linear[0], w, b)
+    _set_linear(spec.linear[-1], attention.out_proj.weight, attention.out_proj.bias)
+    _set_norm(spec.layer_norm, block.norm)
+
+
+def _set_feed_forward(spec, feed_forward, block) -> None:
+    _set_linear(spec.linear_0, feed_forward.linear1.weight, feed_forward.linear1.bias)
+    _set_linear(spec.linear_1, feed_forward.linear2.weight, feed_forward.linear2.bias)
+    _set_norm(spec.layer_norm, block.norm)
+
+
+def _pieces(tokenizer: Tokenizer) -> list[str]:
+    return tokenizer.id_pieces(range(tokenizer.vocab_size))
