@@ -32,6 +32,26 @@ def cli():
     return run_cli
 
 
+def tiny_training(data: Path, run_dir: Path, *overrides: str) -> list[str]:
+    """Config and overrides for `attnkit train` of a tiny Transformer (one layer a side, width
+    32, a 200-piece vocabulary) on the built-in corpus written to `data`, with no time limit
+    and no progress bar; later `overrides` win."""
+    return [
+        "configs/demo.yaml",
+        f"run.dir={run_dir}",
+        f"data.train_src={data / 'train.en'}",
+        f"data.train_tgt={data / 'train.fr'}",
+        "data.vocab_size=200",
+        "model.d_model=32",
+        "model.d_ff=64",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "train.max_minutes=null",
+        "train.progress=false",
+        *overrides,
+    ]
+
+
 def assert_one_line_error(result, *fragments: str) -> None:
     """A CLI run that failed as a user error should: status 1, nothing on stdout, one line on
     stderr naming the problem (each of `fragments`), no traceback."""

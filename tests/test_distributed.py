@@ -9,7 +9,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, tiny_training
 
 from attnkit import config
 from attnkit.training.distributed import Workers
@@ -59,27 +59,10 @@ def _train(data, run_dir, *extra, workers=1, torchrun=False):
         launcher += [f"--nproc_per_node={workers}", "-m", "attnkit", "train"]
     elif workers > 1:
         launcher += [f"--workers={workers}"]
-    args = [
-        "configs/demo.yaml",
-        f"run.dir={run_dir}",
-        f"data.train_src={data['train.en']}",
-        f"data.train_tgt={data['train.fr']}",
-        f"data.valid_src={data['valid.en']}",
-        f"data.valid_tgt={data['valid.fr']}",
-        "data.vocab_size=200",
-        "model.d_model=32",
-        "model.d_ff=64",
-        "model.encoder_layers=1",
-        "model.decoder_layers=1",
-        "train.max_tokens=512",
-        "train.max_steps=12",
-        "train.max_minutes=null",
-        "train.valid_every=5",
-        "train.log_every=1",
-        "train.warmup=5",
-        "train.progress=false",
-        *extra,
-    ]
+    valid = [f"data.valid_src={data['valid.en']}", f"data.valid_tgt={data['valid.fr']}"]
+    steps = ["train.max_tokens=512", "train.max_steps=12", "train.valid_every=5"]
+    logs = ["train.log_every=1", "train.warmup=5"]
+    args = tiny_training(data["train.en"].parent, run_dir, *valid, *steps, *logs, *extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
         [*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, tiny_training
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 
@@ -29,22 +29,8 @@ def data(tmp_path_factory):
 
 
 def _train(data, run_dir, *extra):
-    done = run_cli(
-        "train",
-        "configs/demo.yaml",
-        f"run.dir={run_dir}",
-        f"data.train_src={data / 'train.en'}",
-        f"data.train_tgt={data / 'train.fr'}",
-        "data.vocab_size=200",
-        "model.d_model=32",
-        "model.d_ff=64",
-        "model.encoder_layers=2",
-        "model.decoder_layers=2",
-        "train.max_steps=30",
-        "train.max_minutes=null",
-        "train.progress=false",
-        *extra,
-    )
+    layers = ("model.encoder_layers=2", "model.decoder_layers=2", "train.max_steps=30")
+    done = run_cli("train", *tiny_training(data, run_dir, *layers, *extra))
     assert done.returncode == 0, done.stderr
     return run_dir
 

@@ -16,27 +16,14 @@ from attnkit.serving.server import Limits, make_server
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    from conftest import run_cli
+    from conftest import run_cli, tiny_training
 
     root = tmp_path_factory.mktemp("serve")
     done = run_cli("data", "synth", "--out", str(root / "data"), "--size", "300")
     assert done.returncode == 0, done.stderr
     d = root / "data"
     done = run_cli(
-        "train",
-        "configs/demo.yaml",
-        f"run.dir={root / 'run'}",
-        f"data.train_src={d / 'train.en'}",
-        f"data.train_tgt={d / 'train.fr'}",
-        "data.vocab_size=200",
-        "model.d_model=32",
-        "model.d_ff=64",
-        "model.encoder_layers=1",
-        "model.decoder_layers=1",
-        "train.max_steps=2",
-        "train.max_minutes=null",
-        "train.progress=false",
-        "decode.max_len_b=8",
+        "train", *tiny_training(d, root / "run", "train.max_steps=2", "decode.max_len_b=8")
     )
     assert done.returncode == 0, done.stderr
     return root / "run"
