@@ -98,9 +98,6 @@ def test_export_errors_are_one_line(cli, data, tmp_path, exported):
     )
     assert (tmp_path / "taken" / "notes.txt").read_text() == "mine"
     assert_one_line_error(
-        cli("export", str(run), "--to", "hf", str(tmp_path / "hf")), "--to ctranslate2"
-    )
-    assert_one_line_error(
         cli("export", str(tmp_path / "nope"), "--to", "ctranslate2", str(tmp_path / "o"))
     )
     rnn = _train(data, tmp_path / "rnn", "model.arch=rnn", "model.preset=tiny")
