@@ -87,6 +87,7 @@ def test_the_service_answers_as_the_translator_does(server, run_dir):
         ({"text": "a\nb"}, 400, "line break"),
         ({"text": "a", "beam": 0}, 400, "beam"),
         ({"text": "a", "beam": 10**6}, 400, "beam"),
+        ({"text": "a", "beam": True}, 400, "beam"),
         ("{not json", 400, "not JSON"),
         ({"text": "x" * 3000}, 413, "at most 2,000"),
     ],
@@ -123,3 +124,15 @@ def test_a_port_in_use_is_a_user_error(server, run_dir):
 def test_serve_command_errors_are_one_line(cli, tmp_path, run_dir):
     assert_one_line_error(cli("serve", str(tmp_path / "missing")), "missing")
     assert_one_line_error(cli("serve", str(run_dir), "--max-lines", "0"), "--max-lines")
+
+
+def test_a_failure_inside_the_model_is_a_500_and_the_server_goes_on(server, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server.service.translator, "translate_text", broken)
+    status, answer = _request(server, "POST", "/translate", {"text": "A cat."})
+    assert status == 500 and answer == {"error": "internal error"}
+    assert "boom" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert _request(server, "POST", "/translate", {"text": "A cat."})[0] == 200

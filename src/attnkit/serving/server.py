@@ -18,6 +18,7 @@ import json
 import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -74,7 +75,7 @@ class TranslationService:
             )
         if any("\n" in line or "\r" in line for line in lines):
             raise RequestError(HTTPStatus.BAD_REQUEST, "a line may not hold a line break")
-        if beam is not None and not (isinstance(beam, int) and 1 <= beam <= MAX_BEAM):
+        if beam is not None and not (type(beam) is int and 1 <= beam <= MAX_BEAM):  # not bool
             raise RequestError(HTTPStatus.BAD_REQUEST, f'"beam" must be an integer 1..{MAX_BEAM}')
         with self.lock:
             texts = self.translator.translate_text(lines, beam=beam, too_long="split")
@@ -110,6 +111,10 @@ class Handler(BaseHTTPRequestHandler):
             answer = self.server.service.translate(self._read_json())
         except RequestError as error:
             self._send_json(error.status, {"error": str(error)})
+            return
+        except Exception:  # a bug, not the client's fault: say so, and show the operator why
+            traceback.print_exc(file=sys.stderr)
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "internal error"})
             return
         self._send_json(HTTPStatus.OK, answer)
 
