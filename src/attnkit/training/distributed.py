@@ -11,8 +11,7 @@ Worker 0 alone validates, writes checkpoints and logs; the others wait for it.
 
 `attnkit train --workers N` starts them itself, through the same launcher as
 `torchrun --standalone` (`launch`), so that a worker's error ends in its one line, without
-torchrun's report. Without torchrun (no WORLD_SIZE in the environment) everything here is a
-no-op for one worker.
+torchrun's report. Without torchrun everything here is a no-op for one worker.
 """
 
 from __future__ import annotations
@@ -38,13 +37,14 @@ T = TypeVar("T")
 
 
 def launched() -> bool:
-    """Whether torchrun started this process (it sets WORLD_SIZE, 1 for a single worker)."""
-    return "WORLD_SIZE" in os.environ
+    """Whether torchrun (or `--workers`, through torchrun's launcher) started this process; a
+    WORLD_SIZE or RANK that something else left in the environment does not count."""
+    return dist.is_available() and dist.is_torchelastic_launched()
 
 
 def rank() -> int:
     """This worker's number (0 outside torchrun): only worker 0 speaks and writes."""
-    return int(os.environ.get("RANK", "0"))
+    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 @dataclass(frozen=True)
