@@ -15,6 +15,9 @@ from pathlib import Path
 from attnkit import __version__
 from attnkit.errors import UserError
 
+CHECKPOINTS = ["best", "last", "averaged"]  # the weights a command may load from a run
+DEVICE_HELP = "cpu, cuda, cuda:N (default: the run's)"
+
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from attnkit.demo import run_demo
@@ -190,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam)")
     p.add_argument("--nbest", type=int, default=1, help="hypotheses per input, with scores")
     p.add_argument("--max-tokens", type=int, help="source tokens per batch")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the run's)")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument(
         "--too-long",
         choices=["error", "split"],
@@ -198,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="input longer than the model's limit: stop with an error, or split it into pieces "
         "(a run trained with data.truncate_source cuts it instead, with a warning)",
     )
-    p.add_argument("--checkpoint", choices=["best", "last", "averaged"], default="best")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.set_defaults(func=cmd_translate)
 
     p = sub.add_parser("evaluate", help="score a run on a test set (BLEU, chrF, TER, ROUGE)")
@@ -214,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--beam", type=int, help="beam size (default: the run's decode.beam)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--checkpoint", choices=["best", "last", "averaged"], default="best")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -298,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)"
     )
-    p.add_argument("--checkpoint", choices=["best", "last", "averaged"], default="best")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the run's)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument(
         "--max-request-bytes",
         type=int,
@@ -320,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory")
     p.add_argument("--to", choices=["ctranslate2", "hf"], required=True, help="target format")
     p.add_argument("out", help="output folder (new, or an earlier export to replace)")
-    p.add_argument("--checkpoint", choices=["best", "last", "averaged"], default="best")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument(
         "--quantization",
         default="none",
