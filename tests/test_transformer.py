@@ -256,6 +256,12 @@ def test_small_preset_has_about_seven_and_a_half_million_parameters():
 
 @pytest.mark.slow
 def test_tiny_model_overfits_a_few_batches():
+    """Memorising three batches of random tokens: every target predicted and the loss near zero.
+
+    Asserted with margins rather than a threshold the last digits decide: AVX2 and AVX-512
+    kernels round differently, and at lr 1e-2 Adam oscillated (150 steps gave 0.07 on one and
+    0.15 on the other). At lr 3e-3 the loss falls smoothly, to about 0.01 after 300 steps.
+    """
     model = tiny(encoder_layers=1, decoder_layers=1, dropout=0.0).train()
     batches = []
     for seed in range(3):
@@ -263,8 +269,8 @@ def test_tiny_model_overfits_a_few_batches():
         src[::2, 5:] = PAD
         tgt = torch.cat([torch.full((8, 1), 2), tokens(8, 6, seed=10 + seed)], dim=1)  # BOS first
         batches.append((src, tgt[:, :-1], tgt[:, 1:]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for step in range(150):
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(300):
         src, tgt_in, tgt_out = batches[step % len(batches)]
         logits = model(src, padding_mask(src), tgt_in)
         loss = F.cross_entropy(logits.reshape(-1, V), tgt_out.reshape(-1), ignore_index=PAD)
@@ -273,13 +279,13 @@ def test_tiny_model_overfits_a_few_batches():
         optimizer.step()
     model.eval()
     with torch.no_grad():
+        logits = [model(s, padding_mask(s), i) for s, i, _ in batches]
         losses = [
-            F.cross_entropy(
-                model(s, padding_mask(s), i).reshape(-1, V), o.reshape(-1), ignore_index=PAD
-            )
-            for s, i, o in batches
+            F.cross_entropy(x.reshape(-1, V), o.reshape(-1), ignore_index=PAD)
+            for x, (_, _, o) in zip(logits, batches, strict=True)
         ]
-    assert max(losses) < 0.1
+    assert all(torch.equal(x.argmax(-1), o) for x, (_, _, o) in zip(logits, batches, strict=True))
+    assert max(losses) < 0.2, losses
 
 
 def reverse_batch(pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,3 +114,17 @@ def build_model(
     return BUILDERS[cfg.arch](
         cfg, src_vocab=src_vocab, tgt_vocab=tgt_vocab, joint_vocab=joint_vocab
     )
+
+
+def has_lstm(cfg: ModelConfig) -> bool:
+    """Whether the model has LSTM cells (the recurrent models' default cell), which cannot
+    autocast on the CPU (`runtime.check_precision`)."""
+    return cfg.arch == "rnn" and cfg.cell == "lstm"
+
+
+def as_transformer(model: nn.Module, purpose: str) -> Transformer:
+    """`model` itself when it is the Transformer, else a UserError saying `purpose` (such as
+    "export --to ctranslate2") takes one: for code that reads the Transformer's own layers."""
+    if not isinstance(model, Transformer):
+        raise UserError(f"{purpose} takes a Transformer; this run holds a recurrent model")
+    return model

@@ -1,15 +1,16 @@
-"""The model protocol every sequence-to-sequence architecture implements (see DESIGN.md).
+"""The model protocol every sequence-to-sequence architecture implements (docs/design.md).
 
-Search algorithms (greedy, beam, sampling) and the training loop use only these names, so a
-Transformer and a recurrent model are interchangeable everywhere. Masks follow one convention:
-`True` marks a real token (attend), `False` marks padding.
+Search algorithms (greedy, beam, sampling), the training loop, the study, the server and the
+exporters use only the names declared in `Seq2Seq`, so a Transformer and a recurrent model are
+interchangeable everywhere and no code outside `models/` asks which architecture it holds.
+Masks follow one convention: `True` marks a real token (attend), `False` marks padding.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class Memory(NamedTuple):
@@ -51,7 +52,18 @@ class Step(NamedTuple):
 
 
 class Seq2Seq(Protocol):
-    """An encoder-decoder model as the rest of attnkit sees it."""
+    """An encoder-decoder model as the rest of attnkit sees it.
+
+    Attributes generic code reads: `output_projection` (an nn.Linear from the decoder states to
+    the vocabulary; the CPU training loss applies it itself), `source_embedding` (the
+    nn.Embedding of source tokens, where the study measures how much gradient reaches each
+    source position), and `attention_label` (what its cross-attention is called in figures, or
+    None for a model without attention).
+    """
+
+    output_projection: nn.Linear
+    source_embedding: nn.Embedding
+    attention_label: str | None
 
     def forward(
         self,
@@ -75,12 +87,21 @@ class Seq2Seq(Protocol):
     def hidden(
         self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
     ) -> Tensor:
-        """What `forward` feeds its `output_projection` (a bias-free nn.Linear): (B, T, D) or
-        (N, D). The CPU training loss projects these itself, a block of rows at a time."""
+        """What `forward` feeds its `output_projection`: (B, T, D), or (N, D) at `positions`."""
         ...
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
         """Encode a source batch (B, S) into memory."""
+        ...
+
+    def decode(self, memory: Memory, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: the decoder states (B, T, D) for the target inputs `tgt_in` (B, T)."""
+        ...
+
+    def cross_attention(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """Teacher-forced cross-attention of every decoder layer and head (L, B, H, T, S), for
+        heatmaps and the API; (1, B, 1, T, S) for a recurrent model's one attention, None for
+        a model without attention."""
         ...
 
     def init_state(self, memory: Memory) -> State:
@@ -92,6 +113,38 @@ class Seq2Seq(Protocol):
     ) -> Step:
         """Advance every row by one token `prev_tokens` (B,); attention only when asked."""
         ...
+
+
+class TeacherForcing(nn.Module):
+    """`forward` and `hidden` of the protocol, written once for every architecture from its
+    `encode`, `decode` and `output_projection`.
+
+    The one base class of the models, and it holds no abstract methods: each architecture
+    defines the rest of the protocol itself (composition inside, this shared frame outside).
+    """
+
+    output_projection: nn.Linear
+
+    def forward(
+        self,
+        src: Tensor,
+        src_mask: Tensor,
+        tgt_in: Tensor,
+        positions: Tensor | None = None,
+        *,
+        project: bool = True,
+    ) -> Tensor:
+        """Teacher forcing: logits (B, T, V), or (N, V) at `positions`; the decoder states when
+        not `project` (see `Seq2Seq.forward`)."""
+        hidden = self.hidden(src, src_mask, tgt_in, positions)
+        return self.output_projection(hidden) if project else hidden
+
+    def hidden(
+        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
+    ) -> Tensor:
+        """What the output projection reads in `forward`: (B, T, D), or (N, D) at `positions`."""
+        memory = self.encode(src, src_mask)  # type: ignore[attr-defined]
+        return select_positions(self.decode(memory, tgt_in), positions)  # type: ignore[attr-defined]
 
 
 def select_positions(hidden: Tensor, positions: Tensor | None) -> Tensor:
@@ -106,4 +159,12 @@ def padding_mask(tokens: Tensor, pad_id: int = 0) -> Tensor:
     return tokens.ne(pad_id)
 
 
-__all__ = ["Memory", "State", "Step", "Seq2Seq", "padding_mask", "select_positions"]
+__all__ = [
+    "Memory",
+    "Seq2Seq",
+    "State",
+    "Step",
+    "TeacherForcing",
+    "padding_mask",
+    "select_positions",
+]

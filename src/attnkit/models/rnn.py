@@ -30,7 +30,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from attnkit.models.attention import AdditiveAttention, LuongAttention
 from attnkit.models.embeddings import init_weights, token_embeddings
-from attnkit.models.protocol import Memory, Step, select_positions
+from attnkit.models.protocol import Memory, Step, TeacherForcing
 from attnkit.models.softmax import log_softmax
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -149,13 +149,17 @@ def recur(rnn: nn.RNNBase, inputs: Tensor, state: RecurrentState) -> tuple[Tenso
     return outputs, dataclasses.replace(state, hidden=hidden, cell=cell)
 
 
-def unroll(decoder: nn.Module, x: Tensor, memory: Memory, state: RecurrentState) -> Tensor:
-    """Teacher forcing one step at a time, for decoders whose input depends on the last step."""
-    outputs = []
+def unroll(
+    decoder: nn.Module, x: Tensor, memory: Memory, state: RecurrentState, need_weights: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Teacher forcing one step at a time, for decoders whose input depends on the last step:
+    outputs (B, T, D) and, when asked, the attention of every step (B, T, S)."""
+    outputs, weights = [], []
     for x_t in x.unbind(1):
-        output, state, _ = decoder.step(x_t, memory, state)
+        output, state, step_weights = decoder.step(x_t, memory, state)
         outputs.append(output)
-    return torch.stack(outputs, 1)  # (B, T, D)
+        weights.append(step_weights)
+    return torch.stack(outputs, 1), torch.stack(weights, 1) if need_weights else None
 
 
 class PlainDecoder(nn.Module):
@@ -186,9 +190,11 @@ class PlainDecoder(nn.Module):
         """Nothing: this decoder does not attend."""
         return ()
 
-    def forward(self, x: Tensor, memory: Memory, state: RecurrentState) -> Tensor:
-        """Embedded target x (B, T, D) -> outputs (B, T, D)."""
-        return self._run(x, state)[0]
+    def forward(
+        self, x: Tensor, memory: Memory, state: RecurrentState, *, need_weights: bool = False
+    ) -> tuple[Tensor, None]:
+        """Embedded target x (B, T, D) -> outputs (B, T, D), and no attention."""
+        return self._run(x, state)[0], None
 
     def step(
         self, x: Tensor, memory: Memory, state: RecurrentState
@@ -234,9 +240,11 @@ class BahdanauDecoder(nn.Module):
         """The memory as the attention's keys (B, S, A), projected once: `Memory.derived`."""
         return (self.attention.keys(states),)
 
-    def forward(self, x: Tensor, memory: Memory, state: RecurrentState) -> Tensor:
-        """Embedded target x (B, T, D) -> outputs (B, T, D)."""
-        return unroll(self, x, memory, state)
+    def forward(
+        self, x: Tensor, memory: Memory, state: RecurrentState, *, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Embedded target x (B, T, D) -> outputs (B, T, D), and attention (B, T, S) if asked."""
+        return unroll(self, x, memory, state, need_weights)
 
     def step(
         self, x: Tensor, memory: Memory, state: RecurrentState
@@ -274,9 +282,12 @@ class LuongDecoder(nn.Module):
         """The memory as the attention's keys (B, S, Dq), projected once: `Memory.derived`."""
         return (self.attention.keys(states),)
 
-    def forward(self, x: Tensor, memory: Memory, state: RecurrentState) -> Tensor:
-        """Embedded target x (B, T, D) -> attentional vectors (B, T, D)."""
-        return unroll(self, x, memory, state)
+    def forward(
+        self, x: Tensor, memory: Memory, state: RecurrentState, *, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Embedded target x (B, T, D) -> attentional vectors (B, T, D), and attention
+        (B, T, S) if asked."""
+        return unroll(self, x, memory, state, need_weights)
 
     def step(
         self, x: Tensor, memory: Memory, state: RecurrentState
@@ -289,7 +300,39 @@ class LuongDecoder(nn.Module):
         return attentional, dataclasses.replace(state, feed=attentional), attended.weights
 
 
-class RecurrentSeq2Seq(nn.Module):
+def recurrent_decoder(
+    *,
+    attention: str,
+    attention_score: str,
+    context_every_step: bool,
+    cell: str,
+    d_model: int,
+    memory_size: int,
+    layers: int,
+    dropout: float,
+) -> nn.Module:
+    """The decoder that `attention` names: none (plain), bahdanau or luong."""
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    if context_every_step and attention != "none":
+        raise ValueError("context_every_step is for attention 'none'; attention brings its own")
+    stack = dict(cell=cell, d_model=d_model, layers=layers, dropout=dropout)
+    if attention == "none":
+        return PlainDecoder(context_every_step=context_every_step, **stack)
+    if attention == "bahdanau":
+        return BahdanauDecoder(memory_size=memory_size, **stack)
+    return LuongDecoder(memory_size=memory_size, score=attention_score, **stack)
+
+
+def attention_label(cell: str, attention: str, attention_score: str) -> str | None:
+    """How figures name a recurrent model's attention, e.g. "GRU, Bahdanau attention"."""
+    if attention == "none":
+        return None
+    kind = attention.capitalize() + (f" ({attention_score})" if attention == "luong" else "")
+    return f"{cell.upper()}, {kind} attention"
+
+
+class RecurrentSeq2Seq(TeacherForcing):
     """A recurrent encoder-decoder implementing the Seq2Seq protocol.
 
     `attention` picks the decoder: none, bahdanau or luong (with `attention_score` dot, general
@@ -318,14 +361,10 @@ class RecurrentSeq2Seq(nn.Module):
         pad_id: int = 0,
     ):
         super().__init__()
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
-        if context_every_step and attention != "none":
-            raise ValueError("context_every_step is for attention 'none'; attention brings its own")
-        self.d_model = d_model
         self.bidirectional = bidirectional
         self.is_lstm = cell == "lstm"
         self.decoder_layers = decoder_layers
+        self.attention_label = attention_label(cell, attention, attention_score)
         self.source_embedding, self.target_embedding = token_embeddings(
             src_vocab=src_vocab,
             tgt_vocab=tgt_vocab,
@@ -347,41 +386,20 @@ class RecurrentSeq2Seq(nn.Module):
             if bidirectional
             else nn.Identity()
         )
-        stack = dict(cell=cell, d_model=d_model, layers=decoder_layers, dropout=dropout)
-        if attention == "none":
-            self.decoder = PlainDecoder(context_every_step=context_every_step, **stack)
-        elif attention == "bahdanau":
-            self.decoder = BahdanauDecoder(memory_size=memory_size, **stack)
-        else:
-            self.decoder = LuongDecoder(memory_size=memory_size, score=attention_score, **stack)
+        self.decoder = recurrent_decoder(
+            attention=attention,
+            attention_score=attention_score,
+            context_every_step=context_every_step,
+            cell=cell,
+            d_model=d_model,
+            memory_size=memory_size,
+            layers=decoder_layers,
+            dropout=dropout,
+        )
         self.output_projection = nn.Linear(d_model, tgt_vocab, bias=False)
         init_weights(self, d_model)
         if tie_embeddings:
             self.output_projection.weight = self.target_embedding.weight
-
-    def forward(
-        self,
-        src: Tensor,
-        src_mask: Tensor,
-        tgt_in: Tensor,
-        positions: Tensor | None = None,
-        *,
-        project: bool = True,
-    ) -> Tensor:
-        """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T), or
-        (N, V) for the flat `positions` only; the decoder states when not `project`
-        (see `Seq2Seq.forward`)."""
-        hidden = self.hidden(src, src_mask, tgt_in, positions)
-        return self.output_projection(hidden) if project else hidden
-
-    def hidden(
-        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
-    ) -> Tensor:
-        """What the output projection reads in `forward`: (B, T, D), or (N, D) at `positions`."""
-        memory = self.encode(src, src_mask)
-        x = self.dropout(self.target_embedding(tgt_in))  # (B, T, D)
-        outputs = self.decoder(x, memory, self.init_state(memory))  # (B, T, D)
-        return self.dropout(select_positions(outputs, positions))
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
         """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D') with the mask, and
@@ -389,6 +407,22 @@ class RecurrentSeq2Seq(nn.Module):
         x = self.dropout(self.source_embedding(src))
         states = self.encoder(x, src_mask)
         return Memory(states, src_mask, self.decoder.memory_derived(states))
+
+    def decode(self, memory: Memory, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: the decoder outputs (B, T, D) that the output projection reads,
+        after dropout."""
+        x = self.dropout(self.target_embedding(tgt_in))  # (B, T, D)
+        outputs, _ = self.decoder(x, memory, self.init_state(memory))  # (B, T, D)
+        return self.dropout(outputs)
+
+    def cross_attention(self, src: Tensor, src_mask: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """The one attention, teacher-forced (1, B, 1, T, S); None without attention."""
+        if self.attention_label is None:
+            return None
+        memory = self.encode(src, src_mask)
+        x = self.dropout(self.target_embedding(tgt_in))
+        _, weights = self.decoder(x, memory, self.init_state(memory), need_weights=True)
+        return weights[None, :, None]  # (1, B, 1, T, S)
 
     def init_state(self, memory: Memory) -> RecurrentState:
         """Every decoder layer starts from the bridged summary, an LSTM's cells too."""

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from attnkit.models.attention import KVCache, MultiHeadAttention, key_padding_mask
 from attnkit.models.dropout import Dropout
 from attnkit.models.embeddings import init_weights, token_embeddings
-from attnkit.models.protocol import Memory, Step, select_positions
+from attnkit.models.protocol import Memory, Step, TeacherForcing
 from attnkit.models.softmax import log_softmax
 
 NORMS = ("pre", "post")
@@ -310,7 +310,7 @@ class Decoder(nn.Module):
         return [KVCache.of(derived[i], derived[i + 1]) for i in range(0, len(derived), 2)]
 
 
-class Transformer(nn.Module):
+class Transformer(TeacherForcing):
     """The encoder-decoder Transformer (Vaswani et al. 2017), implementing the Seq2Seq protocol.
 
     Tying (§3.4): with `tie_embeddings` and one joint vocabulary (`joint_vocab`), one embedding
@@ -345,6 +345,7 @@ class Transformer(nn.Module):
         if positions not in POSITIONS:
             raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
         self.d_model = d_model
+        self.attention_label = "Transformer cross-attention"
         self.embedding_scale = math.sqrt(d_model)
         self.source_embedding, self.target_embedding = token_embeddings(
             src_vocab=src_vocab,
@@ -371,27 +372,6 @@ class Transformer(nn.Module):
         """Tokens (B, T) -> scaled embeddings plus positions, with dropout (B, T, D)."""
         x = embedding(tokens) * self.embedding_scale + positions(tokens.size(1), offset)
         return self.embedding_dropout(x)
-
-    def forward(
-        self,
-        src: Tensor,
-        src_mask: Tensor,
-        tgt_in: Tensor,
-        positions: Tensor | None = None,
-        *,
-        project: bool = True,
-    ) -> Tensor:
-        """Teacher forcing: logits (B, T, V) for every target position of `tgt_in` (B, T), or
-        (N, V) for the flat `positions` only; the decoder states when not `project`
-        (see `Seq2Seq.forward`)."""
-        hidden = self.hidden(src, src_mask, tgt_in, positions)
-        return self.output_projection(hidden) if project else hidden
-
-    def hidden(
-        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, positions: Tensor | None = None
-    ) -> Tensor:
-        """What the output projection reads in `forward`: (B, T, D), or (N, D) at `positions`."""
-        return select_positions(self.decode(self.encode(src, src_mask), tgt_in), positions)
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Memory:
         """Source tokens (B, S) and mask (B, S) -> encoder states (B, S, D) with the mask, and
