@@ -33,7 +33,7 @@ from peers_result import peak_rss_mib
 
 from attnkit.config import ModelConfig
 from attnkit.data.batching import Batch
-from attnkit.generation.search import beam_search
+from attnkit.generation.search import SearchOptions, beam_search
 from attnkit.models.build import build_model
 from attnkit.models.transformer import TRANSFORMER_PRESETS
 from attnkit.runtime import keep_freed_memory
@@ -98,10 +98,10 @@ def measure(part: str, length: int, args: argparse.Namespace) -> dict:
     else:
         model.eval()
         batch = random_batch(args.decode_batch, length, generator)
-        pinned = dict(max_len_a=0.0, max_len_b=args.out_len, min_len=args.out_len)
+        pinned = SearchOptions(beam=5, max_len_a=0.0, max_len_b=args.out_len, min_len=args.out_len)
         for i in range(args.repeats + 1):
             start = time.perf_counter()
-            beam_search(model, batch.src, batch.src_mask, beam=5, **pinned)
+            beam_search(model, batch.src, batch.src_mask, pinned)
             if i:
                 seconds.append(time.perf_counter() - start)
         rows = args.decode_batch

@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from attnkit import runtime
 from attnkit.data.batching import encode_source_batches
 from attnkit.data.corpus import read_lines
-from attnkit.generation.search import Hypothesis, beam_search
+from attnkit.generation.search import Hypothesis, SearchOptions, beam_search
 from attnkit.generation.translator import Translator
 from attnkit.models.protocol import Memory, Step
 from attnkit.models.softmax import log_softmax
@@ -96,7 +97,7 @@ def encode_sources(translator: Translator, path: Path, limit: int | None) -> lis
 
 
 def time_decoding(
-    models: dict[str, nn.Module], batches: list, device: torch.device, settings: dict
+    models: dict[str, nn.Module], batches: list, device: torch.device, settings: SearchOptions
 ) -> tuple[dict[str, float], dict[str, list[Hypothesis]]]:
     """Beam-search every batch with each model: seconds spent and best hypotheses, per model.
 
@@ -107,13 +108,13 @@ def time_decoding(
     with torch.inference_mode():
         _, src, src_mask = batches[0]
         for model in models.values():  # untimed warm-up on two sentences
-            beam_search(model, src[:2].to(device), src_mask[:2].to(device), **settings)
+            beam_search(model, src[:2].to(device), src_mask[:2].to(device), settings)
         for _, src, src_mask in batches:
             src, src_mask = src.to(device), src_mask.to(device)
             # Alternate the models per batch so that all see the same load on a shared machine.
             for name, model in models.items():
                 start = time.perf_counter()
-                hyps = beam_search(model, src, src_mask, **settings)  # ends with tokens on CPU
+                hyps = beam_search(model, src, src_mask, settings)  # ends with tokens on CPU
                 seconds[name] += time.perf_counter() - start
                 found[name].extend(h[0] for h in hyps)
     return seconds, found
@@ -133,20 +134,13 @@ def main() -> None:
     args = parser.parse_args()
 
     translator = Translator.from_run(args.run, checkpoint=args.checkpoint)
-    torch.set_num_threads(args.threads)  # after from_run, which applies the run's own setting
+    runtime.configure(args.threads)
     d = translator.config.decode
     sources = encode_sources(translator, args.src, args.limit)
     if not sources:
         sys.exit(f"{args.src}: no sentences to decode")
     batches = encode_source_batches(sources, max_tokens=args.max_tokens or d.batch_tokens)
-    settings = dict(
-        beam=args.beam,
-        length_penalty=d.length_penalty,
-        max_len_a=d.max_len_a,
-        max_len_b=d.max_len_b,
-        min_len=d.min_len,
-        no_repeat_ngram=d.no_repeat_ngram,
-    )
+    settings = SearchOptions.from_config(d, beam=args.beam, nbest=1)
     models = {"cached": translator.model, "full-prefix": FullPrefix(translator.model)}
     seconds, found = time_decoding(models, batches, translator.device, settings)
     same = sum(

@@ -18,7 +18,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, timeout: int = 600):
     """Run `attnkit ARGS` in a fresh interpreter, as a user would; return the CompletedProcess."""
     return subprocess.run(
-        [sys.executable, "-m", "attnkit.cli", *args],
+        [sys.executable, "-m", "attnkit", *args],
         cwd=cwd or ROOT,
         input=stdin,
         capture_output=True,

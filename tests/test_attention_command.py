@@ -7,7 +7,7 @@ import torch
 from conftest import assert_one_line_error
 
 from attnkit.errors import UserError
-from attnkit.study.attention_command import select_attention
+from attnkit.generation.attention import select_attention
 
 PNG = b"\x89PNG"
 SENTENCE = "The young woman sees the small dogs."
@@ -51,7 +51,7 @@ def test_layer_and_head_are_one_based_and_count_back_from_the_end(weights):
 )
 def test_out_of_range_layer_or_head_is_a_user_error(weights, option):
     name = next(iter(option))
-    with pytest.raises(UserError, match=f"--{name} .* out of range"):
+    with pytest.raises(UserError, match=f"{name} .* out of range"):
         select_attention(weights, **option)
 
 
@@ -177,19 +177,18 @@ def test_transformer_grid_and_one_head(runs, cli, tmp_path):
 @pytest.mark.slow
 def test_transformer_layer_out_of_range_writes_nothing(runs, cli, tmp_path):
     result = cli("attention", str(runs["transformer"]), SENTENCE, "--layer", "3", cwd=tmp_path)
-    assert_one_line_error(result, "--layer 3", "2 layers")
+    assert_one_line_error(result, "layer 3", "2 layers")
     assert_nothing_written(tmp_path)
 
 
 @pytest.mark.slow
 def test_teacher_forced_mean_matches_the_attention_of_decoding(runs, one_thread):
     from attnkit.generation.translator import Translator
-    from attnkit.study.attention_command import transformer_attention
-
     translator = Translator.from_run(runs["transformer"])
-    best = translator.translate([SENTENCE], beam=2, need_attention=True)[0][0]
+    options = translator.options.replace(beam=2)
+    best = translator.translate([SENTENCE], options, need_attention=True)[0][0]
     src_ids = translator.tokenizers.src.encode([SENTENCE])[0]
-    weights = transformer_attention(translator, src_ids, best.tokens)
+    weights = translator.cross_attention(SENTENCE, best.tokens)
     assert weights.shape == (2, 4, len(best.tokens) + 1, len(src_ids) + 1)
     decoded = select_attention(weights)[0][: len(best.tokens)]  # decoding leaves out the eos row
     assert torch.allclose(decoded, best.attention, atol=1e-5)
@@ -206,11 +205,32 @@ def test_recurrent_run_draws_its_attention(runs, cli, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("option", [["--grid"], ["--layer", "1"], ["--head", "1"]])
-def test_recurrent_run_refuses_layer_head_and_grid(runs, cli, tmp_path, option):
+@pytest.mark.parametrize("option", [["--grid"], ["--layer", "1", "--head", "1"]])
+def test_recurrent_attention_is_one_layer_and_one_head(runs, cli, tmp_path, option):
     result = cli("attention", str(runs["rnn"]), SENTENCE, *option, cwd=tmp_path)
-    assert_one_line_error(result, "recurrent attention has one layer and one head")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].endswith("(GRU, Bahdanau attention)")
+    assert_png(tmp_path / "attention.png")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("option", [["--layer", "2"], ["--head", "2"]])
+def test_recurrent_attention_has_no_second_layer_or_head(runs, cli, tmp_path, option):
+    result = cli("attention", str(runs["rnn"]), SENTENCE, *option, cwd=tmp_path)
+    assert_one_line_error(result, f"{option[0][2:]} 2 is out of range", "has 1 ")
     assert_nothing_written(tmp_path)
+
+
+@pytest.mark.slow
+def test_recurrent_teacher_forced_attention_is_that_of_decoding(runs, one_thread):
+    from attnkit.generation.translator import Translator
+
+    translator = Translator.from_run(runs["rnn"])
+    best = translator.translate([SENTENCE], translator.options, need_attention=True)[0][0]
+    weights = translator.cross_attention(SENTENCE, best.tokens)
+    n_src = len(translator.tokenizers.src.encode([SENTENCE])[0]) + 1
+    assert weights.shape == (1, 1, len(best.tokens) + 1, n_src)
+    assert torch.allclose(weights[0, 0, : len(best.tokens)], best.attention, atol=1e-5)
 
 
 @pytest.mark.slow

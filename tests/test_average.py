@@ -10,8 +10,8 @@ from torch import nn
 
 from attnkit import config as config_lib
 from attnkit.errors import UserError
-from attnkit.training.average import average_checkpoints
-from attnkit.training.checkpoint import (
+from attnkit.runs.average import average_checkpoints
+from attnkit.runs.checkpoint import (
     load_weights,
     read_info,
     save_checkpoint,
@@ -153,4 +153,4 @@ def test_training_keeps_n_step_checkpoints_and_translates_with_their_average(tmp
         Translator.from_run(run, checkpoint="averaged")
     average_checkpoints(run, 3)
     translator = Translator.from_run(run, checkpoint="averaged")
-    assert len(translator.translate_text(["The cat is small.", ""], beam=1)) == 2
+    assert len(translator.translate_text(["The cat is small.", ""], translator.options.replace(beam=1))) == 2

@@ -9,7 +9,9 @@ import pytest
 from attnkit.data.corpus import (
     FilterReport,
     TokenizedCorpus,
+    count_lines,
     iter_lines,
+    iter_parallel,
     read_lines,
     read_parallel,
     tokenize_corpus,
@@ -189,6 +191,74 @@ def test_empty_corpus_is_a_user_error(tmp_path):
     tgt.write_text("")
     with pytest.raises(UserError, match="is empty"):
         read_parallel(src, tgt)
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+
+def test_iter_parallel_streams_the_pairs_of_every_form(tmp_path):
+    src, tgt, tsv, jsonl = write_formats(tmp_path, PAIRS)
+    for pairs in (iter_parallel(src, tgt), iter_parallel(tsv), iter_parallel(jsonl)):
+        assert not isinstance(pairs, list)
+        assert list(pairs) == PAIRS
+
+
+def test_iter_parallel_checks_files_and_format_when_called(tmp_path):
+    present = write_bytes(tmp_path / "a.en", b"x\n")
+    with pytest.raises(UserError, match="^file not found: "):
+        iter_parallel(present, tmp_path / "missing.fr")
+    with pytest.raises(UserError, match="format of a single file is unknown"):
+        iter_parallel(present)
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (
+            {"a.en": b"x\n" * 9, "a.fr": b"y\n" * 10},
+            "line counts differ: {0} has 9 lines, {1} has 10",
+        ),
+        (
+            {"a.en": b"x\n" * 10, "a.fr": b"y\n" * 9},
+            "line counts differ: {0} has 10 lines, {1} has 9",
+        ),
+        (
+            {"a.en": b"x\n" * 10, "a.fr": b"y\n" * 8 + b"\xff\n\n"},
+            "{1}: invalid UTF-8 on line 9",
+        ),
+        ({"a.en": b"x\n" * 12 + b"\xff\n", "a.fr": b"y\n" * 9}, "{0}: invalid UTF-8 on line 13"),
+        ({"a.en": b"", "a.fr": b""}, "{0} is empty: a parallel corpus needs at least one pair"),
+        ({"a.tsv": b"a\tb\n" * 8 + b"a\n"}, "{0} line 9: expected exactly one tab, found 0"),
+        ({"a.jsonl": b'{"src": "a", "tgt": "b"}\n' * 8 + b"{"}, "{0} line 9: invalid JSON"),
+        (
+            {"a.jsonl": b'{"src": "a", "tgt": "b"}\n' * 8 + b"\n"},
+            "{0} line 9: blank line, expected",
+        ),
+    ],
+)
+def test_streamed_errors_are_those_of_reading_whole_after_the_good_pairs(
+    tmp_path, monkeypatch, files, message
+):
+    monkeypatch.setattr("attnkit.data.corpus._BLOCK_BYTES", 4)  # a block of a line or two
+    paths = [write_bytes(tmp_path / name, data) for name, data in files.items()]
+    expected = message.format(*paths)
+    with pytest.raises(UserError) as whole:
+        read_parallel(*paths)
+    assert str(whole.value).startswith(expected)
+    seen = []
+    with pytest.raises(UserError) as streamed:
+        seen.extend(iter_parallel(*paths))
+    assert str(streamed.value) == str(whole.value)
+    assert len(seen) >= 7 or "empty" in expected  # pairs before the problem (but its block)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"a", b"a\n", b"a\r\nb", b"\n\n", b"\xef\xbb\xbfa\nb\n", "é\n".encode() * 9]
+)
+def test_count_lines_counts_the_lines_iter_lines_gives(tmp_path, monkeypatch, data):
+    monkeypatch.setattr("attnkit.data.corpus._BLOCK_BYTES", 3)
+    path = write_bytes(tmp_path / "a.txt", data)
+    assert count_lines(path) == len(read_lines(path))
 
 
 # --- token storage ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from conftest import ROOT, tiny_training
 
 from attnkit import config
 from attnkit.training.distributed import Workers
-from attnkit.training.loop import Batches, Progress
+from attnkit.training.batches import Batches
+from attnkit.training.progress import Progress
 
 
 def test_each_worker_takes_every_world_th_pair_and_one_worker_takes_all():

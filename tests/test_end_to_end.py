@@ -180,9 +180,9 @@ def test_mixed_precision_decoding_agrees_with_fp32(trained_run, device):
 
     fp32.model.decode_step = recording_step
     lines = (trained_run / "data" / "valid.en").read_text(encoding="utf-8").splitlines()[:40]
-    ours = [h[0] for h in bf16.translate(lines, beam=2)]
+    ours = [h[0] for h in bf16.translate(lines, bf16.options.replace(beam=2))]
     autocast_steps, steps = steps, []
-    reference = [h[0] for h in fp32.translate(lines, beam=2)]
+    reference = [h[0] for h in fp32.translate(lines, fp32.options.replace(beam=2))]
     assert autocast_steps and set(autocast_steps) == {(True, torch.float32)}
     assert steps and set(steps) == {(False, torch.float32)}
     same = [(a.score, b.score) for a, b in zip(ours, reference, strict=True) if a.text == b.text]

@@ -56,7 +56,7 @@ def test_the_exported_model_scores_each_token_as_attnkit_does(exported):
     run, out = exported
     translator = Translator.from_run(run)
     src_tok, tgt_tok = translator.tokenizers.src, translator.tokenizers.tgt
-    targets = translator.translate_text(LINES, beam=1)
+    targets = translator.translate_text(LINES, translator.options.replace(beam=1))
     for line, target in zip(LINES, targets, strict=True):
         src = torch.tensor([src_tok.encode([line])[0] + [3]])
         tgt = tgt_tok.encode([target])[0] + [3]
@@ -76,7 +76,7 @@ def test_the_exported_model_decodes_greedily_as_attnkit_does(exported):
     run, out = exported
     translator = Translator.from_run(run)
     src_tok, tgt_tok = translator.tokenizers.src, translator.tokenizers.tgt
-    ours = [hyps[0].tokens for hyps in translator.translate(LINES, beam=1)]
+    ours = [hyps[0].tokens for hyps in translator.translate(LINES, translator.options.replace(beam=1))]
     pieces = [src_tok.pieces(line) for line in LINES]
     found = _ct2(out).translate_batch(pieces, beam_size=1, max_decoding_length=60)
     for mine, result, line in zip(ours, found, LINES, strict=True):

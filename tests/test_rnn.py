@@ -14,7 +14,7 @@ from attnkit.config import ModelConfig
 from attnkit.config import load as load_config
 from attnkit.data.synthetic import reverse_task
 from attnkit.errors import UserError
-from attnkit.generation.search import beam_search, greedy_search
+from attnkit.generation.search import SearchOptions, beam_search, greedy_search
 from attnkit.models.attention import LUONG_SCORES, AdditiveAttention, LuongAttention
 from attnkit.models.build import build_model
 from attnkit.models.protocol import padding_mask
@@ -217,7 +217,7 @@ def test_beam_of_one_is_greedy(variant):
         model.output_projection.weight.mul_(8)
     src = padded_batch([5, 2, 7, 4])
     greedy = greedy_search(model, src, padding_mask(src))
-    beam = [hyps[0] for hyps in beam_search(model, src, padding_mask(src), beam=1)]
+    beam = [hyps[0] for hyps in beam_search(model, src, padding_mask(src), SearchOptions(beam=1))]
     assert [h.tokens for h in beam] == [h.tokens for h in greedy]
     assert [h.log_prob for h in beam] == pytest.approx([h.log_prob for h in greedy], rel=1e-5)
 

@@ -15,7 +15,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from attnkit.errors import UserError
 from attnkit.generation.search import (
+    SearchOptions,
+    SpecialIds,
     beam_search,
     gnmt_length_penalty,
     greedy_search,
@@ -162,23 +165,22 @@ def test_a_wide_beam_finds_the_brute_force_best(alpha):
             best.append((log_prob / gnmt_length_penalty(length + 1, alpha), list(tokens)))
     best.sort(reverse=True)
     src, src_mask = batch_of([4, 4])
-    found = beam_search(model, src, src_mask, beam=128, nbest=5, length_penalty=alpha,
-                        max_len_a=0, max_len_b=longest)[0]  # fmt: skip
+    found = beam_search(model, src, src_mask, SearchOptions(beam=128, nbest=5, length_penalty=alpha, max_len_a=0, max_len_b=longest))[0]  # fmt: skip
     assert [h.tokens for h in found] == [tokens for _, tokens in best[:5]]
     assert [h.score for h in found] == pytest.approx([score for score, _ in best[:5]], abs=1e-5)
 
 
 def test_beam_of_one_is_greedy(gru):
     src, src_mask = batch_of(*SOURCES)
-    for options in [{}, {"min_len": 4}, {"no_repeat_ngram": 2}]:
-        greedy = greedy_search(gru, src, src_mask, **options)
-        beam = [hyps[0] for hyps in beam_search(gru, src, src_mask, beam=1, **options)]
+    for options in [SearchOptions(), SearchOptions(min_len=4), SearchOptions(no_repeat_ngram=2)]:
+        greedy = greedy_search(gru, src, src_mask, options)
+        beam = [hyps[0] for hyps in beam_search(gru, src, src_mask, options.replace(beam=1))]
         assert [h.tokens for h in beam] == [h.tokens for h in greedy]
         assert [h.log_prob for h in beam] == pytest.approx([h.log_prob for h in greedy], rel=1e-6)
         assert [h.score for h in beam] == pytest.approx([h.score for h in greedy], rel=1e-6)
     torch.manual_seed(2)
     model = TableModel(torch.randn(12, V, V) * 2)
-    assert [h[0].tokens for h in beam_search(model, src, src_mask, beam=1)] == [
+    assert [h[0].tokens for h in beam_search(model, src, src_mask, SearchOptions(beam=1))] == [
         h.tokens for h in greedy_search(model, src, src_mask)
     ]
 
@@ -190,12 +192,12 @@ DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 def test_a_batch_decodes_as_its_sentences_one_by_one(device):
     model = TinyGRU().eval().to(device)
     src, src_mask = batch_of(*SOURCES, device=device)
-    batched = beam_search(model, src, src_mask, beam=4, nbest=4, need_attention=True)
+    batched = beam_search(model, src, src_mask, SearchOptions(beam=4, nbest=4), need_attention=True)
     greedy = greedy_search(model, src, src_mask)
     lengths = set()
     for i, sentence in enumerate(SOURCES):
         one, one_mask = batch_of(sentence, device=device)
-        alone = beam_search(model, one, one_mask, beam=4, nbest=4, need_attention=True)[0]
+        alone = beam_search(model, one, one_mask, SearchOptions(beam=4, nbest=4), need_attention=True)[0]
         assert [h.tokens for h in batched[i]] == [h.tokens for h in alone]
         assert [h.score for h in batched[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
         for h, a in zip(batched[i], alone, strict=True):
@@ -207,7 +209,7 @@ def test_a_batch_decodes_as_its_sentences_one_by_one(device):
 
 def test_beam_hypotheses_carry_their_own_log_prob_and_attention(gru):
     src, src_mask = batch_of(*SOURCES)
-    for i, hyps in enumerate(beam_search(gru, src, src_mask, beam=5, nbest=5, need_attention=True)):
+    for i, hyps in enumerate(beam_search(gru, src, src_mask, SearchOptions(beam=5, nbest=5), need_attention=True)):
         one, one_mask = batch_of(SOURCES[i])
         for h in hyps:
             log_prob, attention = rescore(gru, one, one_mask, h.tokens)
@@ -217,14 +219,14 @@ def test_beam_hypotheses_carry_their_own_log_prob_and_attention(gru):
 
 def test_nbest_gives_distinct_hypotheses_best_first(gru):
     src, src_mask = batch_of(*SOURCES)
-    for hyps in beam_search(gru, src, src_mask, beam=6, nbest=4, length_penalty=0.6):
+    for hyps in beam_search(gru, src, src_mask, SearchOptions(beam=6, nbest=4, length_penalty=0.6)):
         assert len(hyps) == 4
         assert len({tuple(h.tokens) for h in hyps}) == 4
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
         for h in hyps:
             assert h.score == pytest.approx(h.log_prob / ((5 + len(h.tokens) + 1) / 6) ** 0.6)
-    with pytest.raises(ValueError, match="nbest"):
-        beam_search(gru, src, src_mask, beam=2, nbest=3)
+    with pytest.raises(UserError, match="nbest"):
+        beam_search(gru, src, src_mask, SearchOptions(beam=2, nbest=3))
 
 
 def test_finished_hypotheses_never_grow_and_stop_the_search():
@@ -233,7 +235,7 @@ def test_finished_hypotheses_never_grow_and_stop_the_search():
     logits[1, :, EOS] = 10.0  # then eos, strongly
     model = TableModel(logits)
     src, src_mask = batch_of([4, 5, 4])
-    hyps = beam_search(model, src, src_mask, beam=2, nbest=2)[0]
+    hyps = beam_search(model, src, src_mask, SearchOptions(beam=2, nbest=2))[0]
     assert [h.tokens for h in hyps] == [[4], [5]]
     expected = model.table[0, BOS, 4] + model.table[1, 4, EOS]
     assert hyps[0].log_prob == pytest.approx(expected.item(), abs=1e-6)
@@ -243,7 +245,7 @@ def test_finished_hypotheses_never_grow_and_stop_the_search():
 def test_a_finished_sentence_leaves_the_batch():
     model = TableModel(table(12, eos=-30.0))
     src, src_mask = batch_of([4], [4, 5, 4, 5])
-    hyps = beam_search(model, src, src_mask, beam=2, max_len_a=1, max_len_b=0)
+    hyps = beam_search(model, src, src_mask, SearchOptions(beam=2, max_len_a=1, max_len_b=0))
     assert [len(h[0].tokens) for h in hyps] == [1, 4]
     assert model.rows_seen == [4, 4, 2, 2, 2]
 
@@ -253,10 +255,10 @@ def test_max_len_is_respected():
     src, src_mask = batch_of([4], [4, 5], [4, 5, 4], [5] * 5)
     expected = [math.floor(1.5 * n + 1) for n in (1, 2, 3, 5)]
     assert max_lengths(src_mask, 1.5, 1).tolist() == expected
-    options = {"max_len_a": 1.5, "max_len_b": 1}
-    assert [len(h.tokens) for h in greedy_search(model, src, src_mask, **options)] == expected
-    assert [len(h.tokens) for h in sample(model, src, src_mask, **options)] == expected
-    beams = beam_search(model, src, src_mask, beam=3, nbest=3, **options)
+    options = SearchOptions(max_len_a=1.5, max_len_b=1)
+    assert [len(h.tokens) for h in greedy_search(model, src, src_mask, options)] == expected
+    assert [len(h.tokens) for h in sample(model, src, src_mask, options)] == expected
+    beams = beam_search(model, src, src_mask, options.replace(beam=3, nbest=3))
     assert [[len(h.tokens) for h in hyps] for hyps in beams] == [[n] * 3 for n in expected]
 
 
@@ -264,11 +266,11 @@ def test_min_len_is_respected():
     model = TableModel(table(12, eos=10.0))  # wants to stop at once
     src, src_mask = batch_of([4, 5], [4, 5, 4, 5, 4])
     assert [len(h.tokens) for h in greedy_search(model, src, src_mask)] == [0, 0]
-    assert [len(h.tokens) for h in greedy_search(model, src, src_mask, min_len=3)] == [3, 3]
-    assert [len(h.tokens) for h in sample(model, src, src_mask, min_len=3)] == [3, 3]
-    assert [len(h[0].tokens) for h in beam_search(model, src, src_mask, min_len=3)] == [3, 3]
-    short = {"min_len": 5, "max_len_a": 0, "max_len_b": 2}  # the forced eos at max_len wins
-    assert [len(h.tokens) for h in greedy_search(model, src, src_mask, **short)] == [2, 2]
+    assert [len(h.tokens) for h in greedy_search(model, src, src_mask, SearchOptions(min_len=3))] == [3, 3]
+    assert [len(h.tokens) for h in sample(model, src, src_mask, SearchOptions(min_len=3))] == [3, 3]
+    assert [len(h[0].tokens) for h in beam_search(model, src, src_mask, SearchOptions(min_len=3))] == [3, 3]
+    short = SearchOptions(min_len=5, max_len_a=0, max_len_b=2)  # the forced eos at max_len wins
+    assert [len(h.tokens) for h in greedy_search(model, src, src_mask, short)] == [2, 2]
 
 
 def test_pad_is_never_generated():
@@ -276,7 +278,7 @@ def test_pad_is_never_generated():
     logits[..., PAD] = 10.0
     model = TableModel(logits)
     src, src_mask = batch_of([4, 5, 4])
-    found = greedy_search(model, src, src_mask) + beam_search(model, src, src_mask, nbest=5)[0]
+    found = greedy_search(model, src, src_mask) + beam_search(model, src, src_mask, SearchOptions(nbest=5))[0]
     found += sample(model, src, src_mask, generator=torch.Generator().manual_seed(0))
     assert not any(PAD in h.tokens for h in found)
 
@@ -287,11 +289,11 @@ def test_no_repeat_ngram_never_repeats(n):
     logits[:, torch.arange(V), torch.arange(V)] = 6.0  # loves repeating its last token
     model = TableModel(logits)
     src, src_mask = batch_of([4] * 6, [5] * 4)
-    options = {"no_repeat_ngram": n, "max_len_a": 1, "max_len_b": 2}
+    options = SearchOptions(no_repeat_ngram=n, max_len_a=1, max_len_b=2)
     assert any(has_repeat(h.tokens, n) for h in greedy_search(model, src, src_mask))
-    found = greedy_search(model, src, src_mask, **options)
-    found += sample(model, src, src_mask, **options, generator=torch.Generator().manual_seed(0))
-    found += [h for hyps in beam_search(model, src, src_mask, beam=3, nbest=3, **options)
+    found = greedy_search(model, src, src_mask, options)
+    found += sample(model, src, src_mask, options, generator=torch.Generator().manual_seed(0))
+    found += [h for hyps in beam_search(model, src, src_mask, options.replace(beam=3, nbest=3))
               for h in hyps]  # fmt: skip
     assert found and not any(has_repeat(h.tokens, n) for h in found)
     if n == 1:  # 4 tokens can be generated (not pad, not eos): then only eos is left
@@ -301,8 +303,8 @@ def test_no_repeat_ngram_never_repeats(n):
 def test_sampling_cut_to_one_token_is_greedy(gru):
     src, src_mask = batch_of(*SOURCES)
     greedy = greedy_search(gru, src, src_mask)
-    for options in [{"top_k": 1}, {"top_p": 1e-6}, {"temperature": 1e-4}]:
-        found = sample(gru, src, src_mask, **options, generator=torch.Generator().manual_seed(3))
+    for options in [SearchOptions(top_k=1), SearchOptions(top_p=1e-6), SearchOptions(temperature=1e-4)]:
+        found = sample(gru, src, src_mask, options, generator=torch.Generator().manual_seed(3))
         assert [h.tokens for h in found] == [h.tokens for h in greedy]
         assert [h.log_prob for h in found] == pytest.approx([h.log_prob for h in greedy])
 
@@ -323,12 +325,13 @@ def test_sampling_follows_the_cut_distribution():
     logits[0, BOS, 1:] = torch.tensor([0.0, -30.0, -30.0, 1.0, 2.0])  # unk, a, b: 0.09 .24 .67
     model = TableModel(logits)
     src, src_mask = batch_of(*[[4]] * 4000)
-    options = {"max_len_a": 0, "max_len_b": 1, "generator": torch.Generator().manual_seed(0)}
-    first = torch.tensor([h.tokens[0] for h in sample(model, src, src_mask, top_k=2, **options)])
+    options = SearchOptions(max_len_a=0, max_len_b=1)
+    generator = torch.Generator().manual_seed(0)
+    first = torch.tensor([h.tokens[0] for h in sample(model, src, src_mask, options.replace(top_k=2), generator=generator)])
     share_a = first.eq(4).float().mean().item()
     assert set(first.tolist()) == {4, 5}
     assert share_a == pytest.approx(1 / (1 + math.e), abs=0.03)
-    first = torch.tensor([h.tokens[0] for h in sample(model, src, src_mask, top_p=0.6, **options)])
+    first = torch.tensor([h.tokens[0] for h in sample(model, src, src_mask, options.replace(top_p=0.6), generator=generator)])
     assert set(first.tolist()) == {5}, "b alone holds 0.67 >= 0.6 of the mass"
 
 

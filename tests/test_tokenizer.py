@@ -2,6 +2,7 @@
 
 import random
 import re
+from collections import Counter
 
 import pytest
 import sentencepiece as spm
@@ -12,6 +13,7 @@ from attnkit.data.tokenizer import (
     PAD_ID,
     UNK_ID,
     Tokenizer,
+    _sample,
     load_tokenizers,
     tokenizers_from_models,
     train_tokenizers,
@@ -108,6 +110,40 @@ def test_training_is_deterministic(tmp_path, corpus, sample):
     first = train_tokenizers(*corpus, tmp_path / "a", vocab_size=200, sample=sample)
     second = train_tokenizers(*corpus, tmp_path / "b", vocab_size=200, sample=sample)
     assert first.src.path.read_bytes() == second.src.path.read_bytes()
+
+
+def test_streams_train_the_model_that_lists_train(tmp_path, corpus):
+    """Lines read once (generators, as `corpus.iter_lines` gives) are sampled the same way."""
+    for joint, sample in [(True, 2_000_000), (False, 250)]:
+        lists = train_tokenizers(
+            *corpus, tmp_path / "l", vocab_size=200, joint=joint, sample=sample
+        )
+        streams = train_tokenizers(
+            (line for line in corpus[0]),
+            (line for line in corpus[1]),
+            tmp_path / "s",
+            vocab_size=200,
+            joint=joint,
+            sample=sample,
+        )
+        for side in ("src", "tgt"):
+            ours, theirs = getattr(lists, side).path, getattr(streams, side).path
+            assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_sample_is_a_seeded_uniform_reservoir_in_corpus_order():
+    lines = [f"line {i}" for i in range(1000)]
+    first = _sample(iter(lines), 100, seed=7)
+    assert first == _sample(lines, 100, seed=7)  # a stream or a list, the same sample
+    assert len(first) == len(set(first)) == 100
+    assert first == sorted(first, key=lines.index)  # in corpus order
+    assert first != _sample(lines, 100, seed=8)
+    assert _sample(iter(lines[:50]), 100, seed=7) == lines[:50]  # all of a short stream
+    assert _sample(iter(lines[:100]), 100, seed=7) == lines[:100]
+    assert _sample(lines, 0, seed=7) == []
+    # Each line is kept with probability size / lines: 1,000 draws of 2 of 10 lines.
+    kept = Counter(line for seed in range(1000) for line in _sample(lines[:10], 2, seed))
+    assert set(kept) == set(lines[:10]) and all(140 < n < 260 for n in kept.values())
 
 
 def test_retraining_replaces_the_old_tokenizer(tmp_path, corpus):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from attnkit.training.checkpoint import find_checkpoint, load_weights, save_checkpoint
+from attnkit.runs.checkpoint import find_checkpoint, load_weights, save_checkpoint
 from attnkit.training.loss import batch_loss, projected_smoothed_nll, smoothed_nll
 from attnkit.training.schedule import learning_rate
 
@@ -166,7 +166,7 @@ def _train_args(files, run_dir, *extra):
     return [
         sys.executable,
         "-m",
-        "attnkit.cli",
+        "attnkit",
         "train",
         "configs/demo.yaml",
         f"run.dir={run_dir}",

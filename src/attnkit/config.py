@@ -13,6 +13,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Union
 
@@ -71,6 +72,12 @@ class ModelConfig:
     tie_embeddings: bool = (
         True  # share source/target/output embeddings when the vocabulary is joint
     )
+    # Marian's choices (Transformer), so an imported opus-mt model needs no second class; the
+    # defaults are the paper's, and a config.yaml without these keys loads with them.
+    sinusoids: str = "interleaved"  # interleaved | halves (Marian: all sines, then cosines)
+    scale_embeddings: bool = True  # embeddings x sqrt(d_model), §3.4 (Marian: scale_embedding)
+    output_bias: bool = False  # a bias on the output projection (Marian: final_logits_bias)
+    activation: str = "relu"  # relu | gelu | swish (SiLU, as opus-mt) in the feed-forward
     cell: str = "lstm"  # rnn | gru | lstm (arch: rnn)
     attention: str = "bahdanau"  # none | bahdanau | luong (arch: rnn)
     bidirectional: bool = True  # (arch: rnn)
@@ -269,6 +276,12 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Config:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}: invalid YAML{where}") from None
     return apply_overrides(from_dict(raw, str(path)), overrides or [])
+
+
+def recipe_path(name: str) -> Path:
+    """A recipe shipped inside the package, such as "demo" (also at configs/demo.yaml in the
+    repository): what the demo and the study train with."""
+    return Path(str(resources.files("attnkit") / "recipes" / f"{name}.yaml"))
 
 
 def save(config: Config, path: str | Path) -> None:

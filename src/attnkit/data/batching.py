@@ -7,6 +7,8 @@ budget `max_tokens` bounds that cost; only a single pair longer than the budget 
 and it then gets a batch of its own rather than being dropped.
 
 Masks follow the attnkit convention: True marks a real token (attend), False marks padding.
+The ids of padding, BOS and EOS are attnkit's unless the caller passes a vocabulary's own
+(`Tokenizers.special_ids`, e.g. those of an imported Marian model).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from torch import Tensor
 
 from attnkit.data.corpus import TokenizedCorpus
-from attnkit.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from attnkit.data.tokenizer import ATTNKIT_IDS, PAD_ID, SpecialIds
 from attnkit.errors import UserError
 
 
@@ -29,7 +31,8 @@ class Batch:
     """One training batch: padded source and shifted target ids, ready for teacher forcing.
 
     src (B, S) long, ending in EOS; src_mask (B, S) bool, True on real tokens (EOS included);
-    tgt_in (B, T) long, BOS + target; tgt_out (B, T) long, target + EOS; padding is PAD_ID.
+    tgt_in (B, T) long, BOS + target; tgt_out (B, T) long, target + EOS; padding is the pad id
+    (BOS, EOS and pad are those `collate` was given).
     tgt_positions (N,) long: the flat indices into the B x T target positions that are real, so
     that training projects and scores only those (`Seq2Seq.forward(..., positions=)`).
     n_tgt_tokens = N counts the real positions of tgt_out (EOS included), the loss normaliser.
@@ -117,13 +120,19 @@ def _cut_points(widths: np.ndarray, max_tokens: int) -> list[int]:
 
 
 def _pad(
-    flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, *, width: int, shift: int = 0
+    flat: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    width: int,
+    shift: int = 0,
+    pad_id: int = PAD_ID,
 ) -> np.ndarray:
     """Rows `flat[starts[b] : starts[b] + lengths[b]]` placed from column `shift` in a padded array.
 
-    Returns int64 (B, width) filled with PAD_ID around the tokens.
+    Returns int64 (B, width) filled with `pad_id` around the tokens.
     """
-    out = np.full((len(lengths), width), PAD_ID, dtype=np.int64)
+    out = np.full((len(lengths), width), pad_id, dtype=np.int64)
     total = int(lengths.sum())
     if total:
         row_begin = np.cumsum(lengths) - lengths  # where each row starts among the `total` tokens
@@ -139,8 +148,11 @@ def target_tokens(tgt_lengths: np.ndarray, indices: np.ndarray) -> int:
     return int(tgt_lengths[indices].sum()) + len(indices)
 
 
-def collate(corpus: TokenizedCorpus, indices: np.ndarray) -> Batch:
-    """Build the padded tensors of one batch from the corpus pairs at `indices`."""
+def collate(
+    corpus: TokenizedCorpus, indices: np.ndarray, *, ids: SpecialIds = ATTNKIT_IDS
+) -> Batch:
+    """Build the padded tensors of one batch from the corpus pairs at `indices`, with the
+    vocabulary's special `ids` (attnkit's by default)."""
     indices = np.asarray(indices, dtype=np.int64)
     rows = np.arange(len(indices))
     src_len = corpus.src_offsets[indices + 1] - corpus.src_offsets[indices]
@@ -148,12 +160,12 @@ def collate(corpus: TokenizedCorpus, indices: np.ndarray) -> Batch:
     src_starts, tgt_starts = corpus.src_offsets[indices], corpus.tgt_offsets[indices]
     width_s, width_t = int(src_len.max()) + 1, int(tgt_len.max()) + 1
 
-    src = _pad(corpus.src, src_starts, src_len, width=width_s)
-    src[rows, src_len] = EOS_ID
-    tgt_in = _pad(corpus.tgt, tgt_starts, tgt_len, width=width_t, shift=1)
-    tgt_in[:, 0] = BOS_ID
-    tgt_out = _pad(corpus.tgt, tgt_starts, tgt_len, width=width_t)
-    tgt_out[rows, tgt_len] = EOS_ID
+    src = _pad(corpus.src, src_starts, src_len, width=width_s, pad_id=ids.pad)
+    src[rows, src_len] = ids.eos
+    tgt_in = _pad(corpus.tgt, tgt_starts, tgt_len, width=width_t, shift=1, pad_id=ids.pad)
+    tgt_in[:, 0] = ids.bos
+    tgt_out = _pad(corpus.tgt, tgt_starts, tgt_len, width=width_t, pad_id=ids.pad)
+    tgt_out[rows, tgt_len] = ids.eos
     src_mask = np.arange(width_s)[None, :] <= src_len[:, None]  # tokens and EOS
     tgt_real = np.arange(width_t)[None, :] <= tgt_len[:, None]  # tokens and EOS
     return Batch(
@@ -189,13 +201,13 @@ def padding_ratio(
 
 
 def encode_source_batches(
-    token_lists: Sequence[Sequence[int]], *, max_tokens: int
+    token_lists: Sequence[Sequence[int]], *, max_tokens: int, ids: SpecialIds = ATTNKIT_IDS
 ) -> list[tuple[np.ndarray, Tensor, Tensor]]:
     """Batch source sentences for inference: (original indices, src (B, S), src_mask (B, S)).
 
     Sentences are sorted by length and batched under `max_tokens` like training batches (EOS
-    appended, B * S <= max_tokens except for a single oversize sentence). Use the indices to put
-    the outputs back in input order.
+    appended, B * S <= max_tokens except for a single oversize sentence; `ids` gives EOS and pad,
+    attnkit's by default). Use the indices to put the outputs back in input order.
     """
     lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
     flat = np.fromiter(
@@ -207,8 +219,8 @@ def encode_source_batches(
     for indices in batches:
         batch_len = lengths[indices]
         width = int(batch_len.max()) + 1
-        src = _pad(flat, starts[indices], batch_len, width=width)
-        src[np.arange(len(indices)), batch_len] = EOS_ID
+        src = _pad(flat, starts[indices], batch_len, width=width, pad_id=ids.pad)
+        src[np.arange(len(indices)), batch_len] = ids.eos
         src_mask = np.arange(width)[None, :] <= batch_len[:, None]
         result.append((indices, torch.from_numpy(src), torch.from_numpy(src_mask)))
     return result

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -58,20 +59,14 @@ _BOM = b"\xef\xbb\xbf"
 
 
 def _stream(path: Path) -> Iterator[str]:
-    """The lines of `path`, decoded a block of whole lines at a time (much faster than per line).
-
-    `read1` returns what is available, so a pipe or terminal (/dev/stdin) yields each line as it
-    arrives instead of waiting for a full block.
-    """
+    """The lines of `path`, decoded a block of whole lines at a time (much faster than per line)."""
     try:
         handle = path.open("rb")
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
     with handle:
-        lines_done, pending = 0, handle.read(len(_BOM))
-        if pending == _BOM:
-            pending = b""
-        while block := handle.read1(_BLOCK_BYTES):
+        lines_done, pending = 0, b""
+        for block in _blocks(handle):
             block = pending + block
             end = block.rfind(b"\n") + 1  # decode whole lines only: a character may span blocks
             pending = block[end:]
@@ -80,6 +75,19 @@ def _stream(path: Path) -> Iterator[str]:
             yield from (line[:-1] if line.endswith("\r") else line for line in lines)
         if pending:  # a last line without a line terminator
             yield _decode(pending, path, lines_done)
+
+
+def _blocks(handle: BinaryIO) -> Iterator[bytes]:
+    """The bytes of a file in blocks, without a UTF-8 byte order mark at its start.
+
+    `read1` returns what is available, so a pipe or terminal (/dev/stdin) yields each line as it
+    arrives instead of waiting for a full block.
+    """
+    head = handle.read(len(_BOM))
+    if head != _BOM:
+        yield head
+    while block := handle.read1(_BLOCK_BYTES):
+        yield block
 
 
 def _decode(data: bytes, path: Path, lines_before: int) -> str:
@@ -111,50 +119,82 @@ def read_parallel(src: str | Path, tgt: str | Path | None = None) -> tuple[list[
 
     Returns the source and target segments as two lists of equal length. Raises UserError for
     mismatched line counts, malformed lines (with their line number), an unknown single-file
-    format, and a corpus with no lines.
+    format, and a corpus with no lines (see `iter_parallel`, which streams the same pairs).
     """
-    src = Path(src)
-    if tgt is not None:
-        tgt = Path(tgt)
-        src_lines, tgt_lines = read_lines(src), read_lines(tgt)
-        if len(src_lines) != len(tgt_lines):
-            raise UserError(
-                f"line counts differ: {src} has {len(src_lines)} lines, {tgt} has {len(tgt_lines)}"
-            )
-    else:
-        suffix = src.suffix.lower()
-        if suffix == ".tsv":
-            src_lines, tgt_lines = _read_tsv(src)
-        elif suffix in (".jsonl", ".json"):
-            src_lines, tgt_lines = _read_jsonl(src)
-        else:
-            raise UserError(
-                f"{src}: no target file given and the format of a single file is unknown; "
-                + ACCEPTED_FORMS
-            )
-    if not src_lines:
-        raise UserError(f"{src} is empty: a parallel corpus needs at least one pair")
-    return src_lines, tgt_lines
-
-
-def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
-    """Split each line of a TSV file at its one tab."""
-    src_lines, tgt_lines = [], []
-    for number, line in enumerate(iter_lines(path), start=1):
-        tabs = line.count("\t")
-        if tabs != 1:
-            raise UserError(f"{path} line {number}: expected exactly one tab, found {tabs}")
-        source, target = line.split("\t")
+    src_lines: list[str] = []
+    tgt_lines: list[str] = []
+    for source, target in iter_parallel(src, tgt):
         src_lines.append(source)
         tgt_lines.append(target)
     return src_lines, tgt_lines
 
 
-def _read_jsonl(path: Path) -> tuple[list[str], list[str]]:
-    """Read the "src" and "tgt" fields of a JSONL file's one object a line."""
-    src_lines, tgt_lines = [], []
+def iter_parallel(src: str | Path, tgt: str | Path | None = None) -> Iterator[tuple[str, str]]:
+    """Stream the (source, target) pairs of a parallel corpus, holding one block of text at a time.
+
+    Takes the forms `read_parallel` takes and raises the same UserErrors with the same messages:
+    a missing file or an unknown single-file format when called, and the rest (invalid UTF-8,
+    a malformed TSV or JSONL line, line counts that differ, no lines at all) when reading reaches
+    them, so a consumer may have seen the pairs before a problem.
+    """
+    src = Path(src)
+    if tgt is not None:
+        tgt = Path(tgt)
+        pairs = _iter_aligned(src, tgt, iter_lines(src), iter_lines(tgt))
+    elif src.suffix.lower() == ".tsv":
+        pairs = _iter_tsv(src, iter_lines(src))
+    elif src.suffix.lower() in (".jsonl", ".json"):
+        pairs = _iter_jsonl(src, iter_lines(src))
+    else:
+        raise UserError(
+            f"{src}: no target file given and the format of a single file is unknown; "
+            + ACCEPTED_FORMS
+        )
+    return _nonempty(src, pairs)
+
+
+def _nonempty(src: Path, pairs: Iterator[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """`pairs`, then a UserError if there were none."""
+    empty = True
+    for pair in pairs:
+        empty = False
+        yield pair
+    if empty:
+        raise UserError(f"{src} is empty: a parallel corpus needs at least one pair")
+
+
+def _iter_aligned(
+    src: Path, tgt: Path, src_lines: Iterator[str], tgt_lines: Iterator[str]
+) -> Iterator[tuple[str, str]]:
+    """The lines of two aligned files side by side; a UserError with both counts if they differ."""
+    count = 0
+    for count, pair in enumerate(itertools.zip_longest(src_lines, tgt_lines), start=1):
+        if pair[0] is None or pair[1] is None:
+            # One file ended: count the rest of the other (reading it, so bad UTF-8 still shows).
+            rest = 1 + sum(1 for _ in (tgt_lines if pair[0] is None else src_lines))
+            src_count, tgt_count = (
+                (count - 1, count - 1 + rest) if pair[0] is None else (count - 1 + rest, count - 1)
+            )
+            raise UserError(
+                f"line counts differ: {src} has {src_count} lines, {tgt} has {tgt_count}"
+            )
+        yield pair
+
+
+def _iter_tsv(path: Path, lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """Split each line of a TSV file at its one tab."""
+    for number, line in enumerate(lines, start=1):
+        tabs = line.count("\t")
+        if tabs != 1:
+            raise UserError(f"{path} line {number}: expected exactly one tab, found {tabs}")
+        source, target = line.split("\t")
+        yield source, target
+
+
+def _iter_jsonl(path: Path, lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """The "src" and "tgt" fields of a JSONL file's one object a line."""
     expected = 'expected a JSON object with string fields "src" and "tgt"'
-    for number, line in enumerate(iter_lines(path), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             raise UserError(f"{path} line {number}: blank line, {expected}")
         if number == 1 and line.lstrip().startswith("["):
@@ -169,9 +209,20 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[str]]:
             and isinstance(record.get("tgt"), str)
         ):
             raise UserError(f"{path} line {number}: {expected}")
-        src_lines.append(record["src"])
-        tgt_lines.append(record["tgt"])
-    return src_lines, tgt_lines
+        yield record["src"], record["tgt"]
+
+
+def count_lines(path: str | Path) -> int:
+    """The number of lines `iter_lines` would give, from a count of newline bytes (no decoding),
+    for example to size a progress bar."""
+    path = Path(path)
+    _check_readable(path)
+    count, last = 0, b"\n"
+    with path.open("rb") as handle:
+        while block := handle.read(_BLOCK_BYTES):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
 
 
 @dataclass
@@ -288,53 +339,106 @@ def tokenize_corpus(
     batch: int = 10000,
     progress: bool = False,
 ) -> tuple[TokenizedCorpus, FilterReport]:
-    """Encode a parallel corpus into a TokenizedCorpus, dropping pairs unfit for training.
+    """Encode a parallel corpus held in memory into a TokenizedCorpus (see `encode_chunk` for
+    which pairs are dropped, cut and counted).
+
+    Lines are encoded `batch` at a time so that only the ids of one chunk exist as Python lists.
+    A corpus too large for memory goes through `data.cache.cached_corpus` instead, which streams
+    the files and writes the same arrays to disk.
+    """
+    if len(src_lines) != len(tgt_lines):
+        raise ValueError(f"{len(src_lines)} source lines but {len(tgt_lines)} target lines")
+    dtype = ids_dtype(src_tok, tgt_tok)
+    chunks = []
+    starts = range(0, len(src_lines), batch)
+    for start in tqdm(starts, desc="tokenize", unit="chunk", disable=not progress, file=sys.stderr):
+        chunks.append(
+            encode_chunk(
+                src_lines[start : start + batch],
+                tgt_lines[start : start + batch],
+                src_tok,
+                tgt_tok,
+                max_len=max_len,
+                truncate_source=truncate_source,
+                dtype=dtype,
+            )
+        )
+    corpus = TokenizedCorpus(
+        src=np.concatenate([c.src for c in chunks]) if chunks else np.zeros(0, dtype),
+        src_offsets=_offsets([c.src_lengths for c in chunks]),
+        tgt=np.concatenate([c.tgt for c in chunks]) if chunks else np.zeros(0, dtype),
+        tgt_offsets=_offsets([c.tgt_lengths for c in chunks]),
+    )
+    report = FilterReport(
+        kept=len(corpus),
+        empty=sum(c.empty for c in chunks),
+        too_long=sum(c.too_long for c in chunks),
+        max_len=max_len,
+        truncated=sum(c.truncated for c in chunks),
+    )
+    return corpus, report
+
+
+def ids_dtype(src_tok: Tokenizer, tgt_tok: Tokenizer) -> np.dtype:
+    """The dtype that stores the ids of both vocabularies: uint16 when they fit, else int32."""
+    return np.dtype(np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) <= 2**16 else np.int32)
+
+
+@dataclass
+class EncodedChunk:
+    """The kept pairs of a run of lines as flat ids plus int64 lengths, and what was dropped."""
+
+    src: np.ndarray
+    src_lengths: np.ndarray
+    tgt: np.ndarray
+    tgt_lengths: np.ndarray
+    empty: int
+    too_long: int
+    truncated: int
+
+
+def encode_chunk(
+    sources: Sequence[str],
+    targets: Sequence[str],
+    src_tok: Tokenizer,
+    tgt_tok: Tokenizer,
+    *,
+    max_len: int,
+    truncate_source: bool,
+    dtype: np.dtype,
+) -> EncodedChunk:
+    """Encode one run of pairs, dropping those unfit for training; chunks concatenate exactly.
 
     A pair is dropped as empty when either side is blank (only whitespace, or no tokens), and as
     too long when either side has more than `max_len` tokens, counted without BOS/EOS (so the
     model sees at most `max_len + 1` positions a side). A pair that is both counts as empty.
     With `truncate_source`, a source over `max_len` tokens is cut to its first `max_len` and the
     pair kept (and counted as truncated); a target over the limit still drops the pair.
-    Lines are encoded `batch` at a time so that only the ids of one chunk exist as Python lists.
     """
-    if len(src_lines) != len(tgt_lines):
-        raise ValueError(f"{len(src_lines)} source lines but {len(tgt_lines)} target lines")
-    dtype = np.uint16 if max(src_tok.vocab_size, tgt_tok.vocab_size) <= 2**16 else np.int32
-    chunks: dict[str, list[np.ndarray]] = {"src": [], "tgt": [], "src_len": [], "tgt_len": []}
-    empty = too_long = truncated = 0
-    starts = range(0, len(src_lines), batch)
-    for start in tqdm(starts, desc="tokenize", unit="chunk", disable=not progress, file=sys.stderr):
-        sources, targets = src_lines[start : start + batch], tgt_lines[start : start + batch]
-        src_ids, src_len = _flatten(src_tok.encode(list(sources)), dtype)
-        tgt_ids, tgt_len = _flatten(tgt_tok.encode(list(targets)), dtype)
-        blank = np.fromiter(
-            (not s.strip() or not t.strip() for s, t in zip(sources, targets, strict=True)),
-            dtype=bool,
-            count=len(sources),
-        )
-        is_empty = blank | (src_len == 0) | (tgt_len == 0)
-        src_over, tgt_over = src_len > max_len, tgt_len > max_len
-        is_long = ~is_empty & (tgt_over if truncate_source else src_over | tgt_over)
-        keep = ~(is_empty | is_long)
-        empty += int(is_empty.sum())
-        too_long += int(is_long.sum())
-        if truncate_source:
-            truncated += int((keep & src_over).sum())
-            src_ids, src_len = _cut(src_ids, src_len, max_len)
-        chunks["src"].append(src_ids[np.repeat(keep, src_len)])
-        chunks["tgt"].append(tgt_ids[np.repeat(keep, tgt_len)])
-        chunks["src_len"].append(src_len[keep])
-        chunks["tgt_len"].append(tgt_len[keep])
-    corpus = TokenizedCorpus(
-        src=np.concatenate(chunks["src"]) if chunks["src"] else np.zeros(0, dtype),
-        src_offsets=_offsets(chunks["src_len"]),
-        tgt=np.concatenate(chunks["tgt"]) if chunks["tgt"] else np.zeros(0, dtype),
-        tgt_offsets=_offsets(chunks["tgt_len"]),
+    src_ids, src_len = _flatten(src_tok.encode(list(sources)), dtype)
+    tgt_ids, tgt_len = _flatten(tgt_tok.encode(list(targets)), dtype)
+    blank = np.fromiter(
+        (not s.strip() or not t.strip() for s, t in zip(sources, targets, strict=True)),
+        dtype=bool,
+        count=len(sources),
     )
-    report = FilterReport(
-        kept=len(corpus), empty=empty, too_long=too_long, max_len=max_len, truncated=truncated
+    is_empty = blank | (src_len == 0) | (tgt_len == 0)
+    src_over, tgt_over = src_len > max_len, tgt_len > max_len
+    is_long = ~is_empty & (tgt_over if truncate_source else src_over | tgt_over)
+    keep = ~(is_empty | is_long)
+    truncated = 0
+    if truncate_source:
+        truncated = int((keep & src_over).sum())
+        src_ids, src_len = _cut(src_ids, src_len, max_len)
+    return EncodedChunk(
+        src=src_ids[np.repeat(keep, src_len)],
+        src_lengths=src_len[keep],
+        tgt=tgt_ids[np.repeat(keep, tgt_len)],
+        tgt_lengths=tgt_len[keep],
+        empty=int(is_empty.sum()),
+        too_long=int(is_long.sum()),
+        truncated=truncated,
     )
-    return corpus, report
 
 
 def _cut(flat: np.ndarray, lengths: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -356,3 +460,18 @@ def _offsets(lengths: list[np.ndarray]) -> np.ndarray:
     offsets = np.zeros(len(all_lengths) + 1, dtype=np.int64)
     np.cumsum(all_lengths, out=offsets[1:])
     return offsets
+
+
+def iter_stdin() -> Iterator[str]:
+    """The lines of standard input as `iter_lines` gives a file's, each as soon as it arrives;
+    invalid UTF-8 is a UserError naming the line of "standard input"."""
+    lines_done, pending, name = 0, b"", Path("standard input")
+    for block in _blocks(sys.stdin.buffer):
+        block = pending + block
+        end = block.rfind(b"\n") + 1
+        pending = block[end:]
+        lines = _decode(block[:end], name, lines_done).split("\n")[:-1]
+        lines_done += len(lines)
+        yield from (line[:-1] if line.endswith("\r") else line for line in lines)
+    if pending:
+        yield _decode(pending, name, lines_done)

@@ -2,21 +2,27 @@
 
 Every model attnkit trains or accepts has pad=0, unk=1, bos=2, eos=3, so ids mean the same thing
 in the corpus, the batches, the model and the decoder. A tokenizer directory holds either
-`joint.model` (one model for both languages) or `src.model` and `tgt.model`.
+`joint.model` (one model for both languages) or `src.model` and `tgt.model`, or, for a model
+imported from Hugging Face, Marian's `source.spm`, `target.spm` and `vocab.json`
+(`data/marian_vocab.py`), whose special ids are the vocabulary's own: each tokenizer says which
+through `special_ids`.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import os
 import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 import sentencepiece as spm
 
@@ -32,6 +38,20 @@ MODEL_TYPES = ("unigram", "bpe")
 # thread count changes the model (Multi30k: 2 vs 16 threads gives 2 different pieces and 16% of
 # sentences segmented differently). More threads than cores costs nothing measurable.
 TRAINING_THREADS = 16
+
+
+class SpecialIds(NamedTuple):
+    """The ids a vocabulary reserves, for the batches, the model and the search: padding,
+    unknown pieces, the token the decoder starts from (`bos`), and the end of a sentence, which
+    also ends every source. A Marian vocabulary has no BOS: its decoder starts from `pad`."""
+
+    pad: int = PAD_ID
+    unk: int = UNK_ID
+    bos: int = BOS_ID
+    eos: int = EOS_ID
+
+
+ATTNKIT_IDS = SpecialIds()  # those of every SentencePiece model attnkit trains or accepts
 
 
 class Tokenizer:
@@ -58,6 +78,11 @@ class Tokenizer:
         """Number of ids, special ids included."""
         return self._sp.get_piece_size()
 
+    @property
+    def special_ids(self) -> SpecialIds:
+        """attnkit's fixed ids, which the constructor checked."""
+        return ATTNKIT_IDS
+
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Ids of each text, without BOS or EOS."""
         return self._sp.encode(list(texts), out_type=int)
@@ -83,17 +108,56 @@ class Tokenizer:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 
 
+class TextTokenizer(Protocol):
+    """What the rest of attnkit asks of one side's tokenizer: `Tokenizer` (attnkit's own
+    SentencePiece model) and `marian_vocab.MarianVocabTokenizer` (an imported vocabulary)."""
+
+    path: Path
+
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def special_ids(self) -> SpecialIds: ...
+    def encode(self, texts: list[str]) -> list[list[int]]: ...
+    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]: ...
+    def pieces(self, text: str) -> list[str]: ...
+    def id_pieces(self, ids: Sequence[int]) -> list[str]: ...
+    def ids(self, pieces: Sequence[str]) -> list[int]: ...
+
+
 @dataclass(frozen=True)
 class Tokenizers:
-    """The source and target tokenizers of a run; with a joint vocabulary they are one object."""
+    """The source and target tokenizers of a run; `joint` when both sides share one id space
+    (one SentencePiece model, or Marian's one vocab.json for two SentencePiece models)."""
 
-    src: Tokenizer
-    tgt: Tokenizer
+    src: TextTokenizer
+    tgt: TextTokenizer
     joint: bool
+
+    @property
+    def special_ids(self) -> SpecialIds:
+        """The ids of both sides (`load_tokenizers` checks that they agree): the batches append
+        `eos` to sources, start targets with `bos`, pad with `pad`."""
+        return self.tgt.special_ids
+
+
+def has_tokenizer(out_dir: str | Path) -> bool:
+    """Whether `out_dir` holds a tokenizer `load_tokenizers` recognises (of any layout)."""
+    from attnkit.data.marian_vocab import is_marian_vocab
+
+    out_dir = Path(out_dir)
+    return (
+        (out_dir / "joint.model").is_file()
+        or ((out_dir / "src.model").is_file() and (out_dir / "tgt.model").is_file())
+        or is_marian_vocab(out_dir)
+    )
 
 
 def load_tokenizers(out_dir: str | Path) -> Tokenizers:
-    """Load the tokenizer(s) of a directory: joint.model, or src.model and tgt.model."""
+    """Load the tokenizer(s) of a directory: joint.model, or src.model and tgt.model, or
+    Marian's source.spm, target.spm and vocab.json (`marian_vocab.load_marian_tokenizers`)."""
+    from attnkit.data.marian_vocab import is_marian_vocab, load_marian_tokenizers
+
     out_dir = Path(out_dir)
     if (out_dir / "joint.model").is_file():
         joint = Tokenizer(out_dir / "joint.model")
@@ -102,14 +166,17 @@ def load_tokenizers(out_dir: str | Path) -> Tokenizers:
         return Tokenizers(
             src=Tokenizer(out_dir / "src.model"), tgt=Tokenizer(out_dir / "tgt.model"), joint=False
         )
+    if is_marian_vocab(out_dir):
+        return load_marian_tokenizers(out_dir)
     raise UserError(
-        f"{out_dir}: no tokenizer found (expected joint.model, or src.model and tgt.model)"
+        f"{out_dir}: no tokenizer found (expected joint.model, or src.model and tgt.model, "
+        "or source.spm, target.spm and vocab.json)"
     )
 
 
 def train_tokenizers(
-    src_lines: Sequence[str],
-    tgt_lines: Sequence[str],
+    src_lines: Iterable[str],
+    tgt_lines: Iterable[str],
     out_dir: str | Path,
     *,
     vocab_size: int,
@@ -123,14 +190,21 @@ def train_tokenizers(
 
     `joint` trains one model on both sides (joint.model), otherwise one per side (src.model,
     tgt.model). `vocab_size` is a soft limit, so tiny corpora train a smaller vocabulary instead
-    of failing. At most `sample` sentences per model are used, drawn with `random.Random(seed)`,
-    so identical inputs give identical models. Training happens in a temporary directory that
-    replaces `out_dir` only when every model is written: a crash leaves no half tokenizer.
+    of failing. The lines may be lists or streams read once (`corpus.iter_lines`): at most
+    `sample` sentences per model are kept, a reservoir sample seeded by `seed`, so identical
+    inputs give identical models and memory holds the sample, not the corpus. Training happens
+    in a temporary directory that replaces `out_dir` only when every model is written: a crash
+    leaves no half tokenizer.
     """
     if model_type not in MODEL_TYPES:
         raise UserError(f"unknown tokenizer type '{model_type}' (expected unigram or bpe)")
-    # A joint model learns from both sides; the list copies references, not strings.
-    corpora = {"joint": [*src_lines, *tgt_lines]} if joint else {"src": src_lines, "tgt": tgt_lines}
+    # A joint model learns from both sides, sampled as one stream.
+    streams = (
+        {"joint": itertools.chain(src_lines, tgt_lines)}
+        if joint
+        else {"src": src_lines, "tgt": tgt_lines}
+    )
+    corpora = {name: _sample(lines, sample, seed) for name, lines in streams.items()}
     for name, lines in corpora.items():
         if not any(line.strip() for line in lines):
             raise UserError(f"cannot train the {name} tokenizer: its training text has no words")
@@ -138,7 +212,7 @@ def train_tokenizers(
     with replacing_dir(out_dir) as staging:
         for name, lines in corpora.items():
             _train_one(
-                _sample(lines, sample, seed),
+                iter(lines),
                 staging / name,
                 vocab_size=vocab_size,
                 model_type=model_type,
@@ -147,13 +221,32 @@ def train_tokenizers(
     return load_tokenizers(out_dir)
 
 
-def _sample(lines: Sequence[str], size: int, seed: int) -> Iterator[str]:
-    """All lines, or `size` of them drawn without replacement by a seeded generator, in order."""
-    if len(lines) <= size:
-        return iter(lines)
-    # Our own seeded sample, so the result never depends on SentencePiece's global generator.
-    chosen = sorted(random.Random(seed).sample(range(len(lines)), size))
-    return (lines[i] for i in chosen)
+def _sample(lines: Iterable[str], size: int, seed: int) -> list[str]:
+    """All lines, or `size` of them drawn without replacement by a seeded generator, in order.
+
+    A reservoir sample over one pass of the stream (Li 1994, "Algorithm L", which draws random
+    numbers for the lines it keeps rather than for every line), so the stream may be far longer
+    than memory could hold. Our own seeded sample, so the result never depends on
+    SentencePiece's global generator.
+    """
+    stream = enumerate(lines)
+    reservoir = list(itertools.islice(stream, max(size, 0)))
+    if len(reservoir) == size > 0:  # the stream may go on: each line is kept with equal chance
+        rng = random.Random(seed)
+
+        def log_uniform() -> float:  # log of a uniform number in (0, 1)
+            return math.log(rng.random() or 0.5)
+
+        log_weight = log_uniform() / size
+        while True:
+            skip = math.floor(log_uniform() / math.log(-math.expm1(log_weight)))
+            chosen = next(itertools.islice(stream, skip, None), None)
+            if chosen is None:
+                break
+            reservoir[rng.randrange(size)] = chosen
+            log_weight += log_uniform() / size
+        reservoir.sort(key=lambda item: item[0])  # back in corpus order
+    return [line for _, line in reservoir]
 
 
 def _train_one(

@@ -1,8 +1,9 @@
 """Greedy search, beam search and sampling, written once against the model protocol.
 
-Each function takes any `Seq2Seq` (models/protocol.py) and a source batch `src` (B, S) with its
-mask (B, S, `True` = real token), and returns `Hypothesis` tuples. Device and batch flow from the
-inputs. Rules shared by all three:
+Each function takes any `Seq2Seq` (models/protocol.py), a source batch `src` (B, S) with its
+mask (B, S, `True` = real token) and one frozen `SearchOptions`, and returns `Hypothesis` tuples.
+Device and batch flow from the inputs; the target vocabulary's start, end and padding ids come
+as `SpecialIds`. Rules shared by all three:
 
 - Length. Sentence b may emit at most max_len = floor(a * |src_b| + b) tokens before eos, where
   |src_b| counts its real source tokens (`src_mask.sum`). At that length eos is forced: every other
@@ -26,6 +27,7 @@ decoding), so a finished sentence costs nothing further.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,9 +37,63 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnkit.models.protocol import Seq2Seq
+from attnkit.config import DecodeConfig
+from attnkit.errors import UserError
+from attnkit.models.protocol import Memory, Seq2Seq
 
 NEG_INF = float("-inf")
+MAX_BEAM = 128  # the widest beam any command or request may ask for
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How to search: one frozen value passed from the config or the command line to every
+    search function. Out-of-range values are a UserError naming the option.
+
+    `beam` and `nbest` are for beam search (`beam=1` is greedy search); `temperature`, `top_k`
+    and `top_p` for sampling; the length rules, `no_repeat_ngram` and `length_penalty` (GNMT's
+    alpha) for all three (see the module docstring).
+    """
+
+    beam: int = 5
+    nbest: int = 1
+    length_penalty: float = 0.6
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    min_len: int = 0
+    no_repeat_ngram: int = 0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("beam", 1 <= self.beam <= MAX_BEAM, f"an integer from 1 to {MAX_BEAM}"),
+            ("nbest", 1 <= self.nbest <= self.beam, f"from 1 to the beam ({self.beam})"),
+            ("length_penalty", abs(self.length_penalty) <= 10, "from -10 to 10"),
+            ("max_len_a", 0 <= self.max_len_a <= 10, "from 0 to 10"),
+            ("max_len_b", 0 <= self.max_len_b <= 10_000, "from 0 to 10000"),
+            ("min_len", 0 <= self.min_len <= 10_000, "from 0 to 10000"),
+            ("no_repeat_ngram", 0 <= self.no_repeat_ngram <= 100, "from 0 (off) to 100"),
+            ("temperature", 0 < self.temperature <= 100, "above 0, at most 100"),
+            ("top_k", self.top_k >= 0, "0 (off) or more"),
+            ("top_p", 0 < self.top_p <= 1, "above 0, at most 1"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:  # NaN fails every comparison, so it lands here too
+                raise UserError(f"{name} must be {expected}, got {getattr(self, name)}")
+
+    @classmethod
+    def from_config(cls, decode: DecodeConfig, **overrides: object) -> SearchOptions:
+        """The options of a run's `decode` section, with any of them overridden (None: keep)."""
+        values = {f.name: getattr(decode, f.name) for f in dataclasses.fields(cls)
+                  if hasattr(decode, f.name)}  # fmt: skip
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def replace(self, **changes: object) -> SearchOptions:
+        """A copy with `changes` (None: keep), checked like a new one."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
 class Hypothesis(NamedTuple):
@@ -47,6 +103,18 @@ class Hypothesis(NamedTuple):
     score: float
     log_prob: float
     attention: Tensor | None
+
+
+class SpecialIds(NamedTuple):
+    """The target vocabulary's ids that search treats specially: decoding starts from `bos`
+    (the decoder's start token), ends with `eos`, and never emits `pad`."""
+
+    bos: int = 2
+    eos: int = 3
+    pad: int = 0
+
+
+ATTNKIT_IDS = SpecialIds()  # those of the SentencePiece models attnkit trains
 
 
 def gnmt_length_penalty(length: int, alpha: float) -> float:
@@ -65,24 +133,15 @@ def greedy_search(
     model: Seq2Seq,
     src: Tensor,
     src_mask: Tensor,
+    options: SearchOptions = SearchOptions(),
     *,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    min_len: int = 0,
-    no_repeat_ngram: int = 0,
-    length_penalty: float = 0.6,
     need_attention: bool = False,
-    bos_id: int = 2,
-    eos_id: int = 3,
-    pad_id: int = 0,
+    ids: SpecialIds = ATTNKIT_IDS,
 ) -> list[Hypothesis]:
     """The most probable next token at every step: one hypothesis per sentence."""
     return _decode_single(
-        model, src, src_mask, lambda log_probs: log_probs.argmax(-1),
-        max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len,
-        no_repeat_ngram=no_repeat_ngram, alpha=length_penalty, need_attention=need_attention,
-        bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
-    )  # fmt: skip
+        model, src, src_mask, lambda log_probs: log_probs.argmax(-1), options, need_attention, ids
+    )
 
 
 @torch.inference_mode()
@@ -90,42 +149,24 @@ def sample(
     model: Seq2Seq,
     src: Tensor,
     src_mask: Tensor,
+    options: SearchOptions = SearchOptions(),
     *,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     generator: torch.Generator | None = None,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    min_len: int = 0,
-    no_repeat_ngram: int = 0,
-    length_penalty: float = 0.6,
     need_attention: bool = False,
-    bos_id: int = 2,
-    eos_id: int = 3,
-    pad_id: int = 0,
+    ids: SpecialIds = ATTNKIT_IDS,
 ) -> list[Hypothesis]:
-    """Draw each next token from the model's distribution divided by `temperature`, cut to the
-    `top_k` most probable tokens, then to the nucleus of mass `top_p` (Holtzman et al. 2020).
+    """Draw each next token from the model's distribution divided by `options.temperature`, cut
+    to the `top_k` most probable tokens, then to the nucleus of mass `top_p` (Holtzman et al.
+    2020).
 
     `top_k=0` and `top_p=1` switch the cuts off; `generator` (on the inputs' device) makes the
     draws repeatable."""
-    if temperature <= 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError(
-            f"sampling needs temperature > 0, top_k >= 0 and 0 < top_p <= 1, "
-            f"got {temperature}, {top_k}, {top_p}"
-        )
 
     def choose(log_probs: Tensor) -> Tensor:
-        logits = _top_k_top_p(log_probs / temperature, top_k, top_p)
+        logits = _top_k_top_p(log_probs / options.temperature, options.top_k, options.top_p)
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
 
-    return _decode_single(
-        model, src, src_mask, choose,
-        max_len_a=max_len_a, max_len_b=max_len_b, min_len=min_len,
-        no_repeat_ngram=no_repeat_ngram, alpha=length_penalty, need_attention=need_attention,
-        bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
-    )  # fmt: skip
+    return _decode_single(model, src, src_mask, choose, options, need_attention, ids)
 
 
 def _decode_single(
@@ -133,24 +174,17 @@ def _decode_single(
     src: Tensor,
     src_mask: Tensor,
     choose: Callable[[Tensor], Tensor],
-    *,
-    max_len_a: float,
-    max_len_b: int,
-    min_len: int,
-    no_repeat_ngram: int,
-    alpha: float,
+    options: SearchOptions,
     need_attention: bool,
-    bos_id: int,
-    eos_id: int,
-    pad_id: int,
+    ids: SpecialIds,
 ) -> list[Hypothesis]:
     """One hypothesis per sentence; `choose` maps log-probs (B', V) to the next tokens (B',)."""
     batch, device = src.size(0), src.device
     memory = model.encode(src, src_mask)
     state = model.init_state(memory)
-    max_len = max_lengths(src_mask, max_len_a, max_len_b)
+    max_len = max_lengths(src_mask, options.max_len_a, options.max_len_b)
     alive = torch.arange(batch)  # the sentence each row decodes, on CPU
-    prev = torch.full((batch,), bos_id, dtype=torch.long, device=device)
+    prev = torch.full((batch,), ids.bos, dtype=torch.long, device=device)
     history = torch.empty((batch, 0), dtype=torch.long, device=device)  # (B', t)
     attention = _no_attention(batch, src, need_attention)  # (B', t, S)
     log_prob = torch.zeros(batch, device=device)
@@ -159,16 +193,18 @@ def _decode_single(
         out = model.decode_step(memory, state, prev, need_attention=need_attention)
         log_probs = _apply_rules(
             out.log_probs.to(torch.float32, copy=True), history, step, max_len[alive] <= step,
-            min_len=min_len, no_repeat_ngram=no_repeat_ngram, eos_id=eos_id, pad_id=pad_id,
+            options, ids,
         )  # fmt: skip
         prev = choose(log_probs)
         log_prob += log_probs.gather(1, prev[:, None]).squeeze(1)
         attention = _extend(attention, out.attention)
         state = out.state
-        ended = prev.eq(eos_id)
+        ended = prev.eq(ids.eos)
         if ended.any():
             rows = ended.nonzero().squeeze(1)
-            scores = (log_prob[rows] / gnmt_length_penalty(step + 1, alpha)).tolist()
+            scores = (
+                log_prob[rows] / gnmt_length_penalty(step + 1, options.length_penalty)
+            ).tolist()
             totals, tokens = log_prob[rows].tolist(), history[rows].tolist()
             for i, sentence in enumerate(alive[rows.cpu()].tolist()):
                 cut = None if attention is None else attention[rows[i], :step]
@@ -190,20 +226,13 @@ def beam_search(
     model: Seq2Seq,
     src: Tensor,
     src_mask: Tensor,
+    options: SearchOptions = SearchOptions(),
     *,
-    beam: int = 5,
-    nbest: int = 1,
-    length_penalty: float = 0.6,
-    max_len_a: float = 1.5,
-    max_len_b: int = 10,
-    min_len: int = 0,
-    no_repeat_ngram: int = 0,
     need_attention: bool = False,
-    bos_id: int = 2,
-    eos_id: int = 3,
-    pad_id: int = 0,
+    ids: SpecialIds = ATTNKIT_IDS,
 ) -> list[list[Hypothesis]]:
-    """The `nbest` best hypotheses of each sentence, best first, found by a beam of `beam`.
+    """The `options.nbest` best hypotheses of each sentence, best first, found by a beam of
+    `options.beam`.
 
     All sentences decode together as B*K rows. Each step takes each sentence's 2K best (row,
     token) candidates from one topk over K*V: eos candidates among the first K finish a hypothesis
@@ -213,52 +242,104 @@ def beam_search(
     heuristic for alpha > 0 (a longer hypothesis divides by a larger lp), and the one that makes
     beam 1 identical to greedy search. A sentence returns fewer than `nbest` hypotheses only when
     fewer exist (or when the model gives eos -inf at max_len)."""
-    if not 1 <= nbest <= beam:
-        raise ValueError(f"beam search needs 1 <= nbest <= beam, got nbest {nbest}, beam {beam}")
-    batch, device = src.size(0), src.device
-    expand = torch.arange(batch, device=device).repeat_interleave(beam)
-    memory = model.encode(src, src_mask).reorder(expand)  # each sentence K times: (B*K, S, D)
-    state = model.init_state(memory)
-    max_len = max_lengths(src_mask, max_len_a, max_len_b)
-    alive = torch.arange(batch)  # the sentence of each live beam, on CPU
-    scores = torch.full((batch, beam), NEG_INF, device=device)  # raw log-probs (B', K)
-    scores[:, 0] = 0  # the K rows start identical: extend only one
-    prev = torch.full((batch * beam,), bos_id, dtype=torch.long, device=device)
-    history = torch.empty((batch * beam, 0), dtype=torch.long, device=device)  # (B'K, t)
-    attention = _no_attention(batch * beam, src, need_attention)  # (B'K, t, S)
-    finished = _Finished.empty(batch, beam, int(max_len.max()), pad_id, device)
-    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    for step in range(int(max_len.max()) + 1):
-        out = model.decode_step(memory, state, prev, need_attention=need_attention)
-        candidates = _apply_rules(
-            out.log_probs.float() + scores.view(-1, 1), history, step,
-            (max_len[alive] <= step).repeat_interleave(beam),
-            min_len=min_len, no_repeat_ngram=no_repeat_ngram, eos_id=eos_id, pad_id=pad_id,
-        )  # fmt: skip
-        attention = _extend(attention, out.attention)
-        best = _best_candidates(candidates, beam, eos_id)
-        if best.ending.isfinite().any():
-            finished = finished.add(
-                best.ending, best.ending_rows, history, attention, length_penalty
-            )
-        scores, rows, prev = best.scores, best.rows, best.tokens
-        best_active = scores[:, 0] / gnmt_length_penalty(step + 1, length_penalty)
-        done = (best_active <= finished.scores[:, -1]).cpu() | (max_len[alive] <= step)
-        if done.any():
-            for i in done.nonzero().squeeze(1).tolist():
-                sentence = int(alive[i])
-                results[sentence] = finished.hypotheses(i, nbest, src_mask[sentence])
-            if done.all():
-                break
-            staying = (~done).nonzero().squeeze(1)
-            alive, staying = alive[staying], staying.to(device)
-            keep = (staying[:, None] * beam + torch.arange(beam, device=device)).view(-1)
-            finished, scores = finished.select(staying), scores[staying]
-            memory, rows, prev = memory.reorder(keep), rows[keep], prev[keep]
-        history = torch.cat([history[rows], prev[:, None]], 1)
-        attention = None if attention is None else attention[rows]
-        state = out.state.reorder(rows)
+    beam = _Beam.start(model, src, src_mask, options, need_attention, ids)
+    results: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
+    for step in range(int(beam.max_len.max()) + 1):
+        out = model.decode_step(beam.memory, beam.state, beam.prev, need_attention=need_attention)
+        done = beam.advance(out, step)
+        for i in done.nonzero().squeeze(1).tolist():
+            sentence = int(beam.alive[i])
+            results[sentence] = beam.finished.hypotheses(i, options.nbest, src_mask[sentence])
+        if done.all():
+            break
+        beam.continue_with(done)
+        beam.state = out.state.reorder(beam.rows)
     return results
+
+
+@dataclass
+class _Beam:
+    """The live sentences of a beam search, K rows each, between two steps."""
+
+    memory: Memory  # (B'K, S, ...)
+    state: object  # the model's decoder state of the B'K rows
+    prev: Tensor  # (B'K,) the token each row fed last
+    history: Tensor  # (B'K, t) the tokens of each row so far
+    attention: Tensor | None  # (B'K, t, S)
+    scores: Tensor  # (B', K) raw log-probs of the rows
+    rows: Tensor  # (B'K,) the row each row continues (set by `advance`)
+    alive: Tensor  # (B',) on CPU: the sentence of each live beam
+    max_len: Tensor  # (B,) on CPU
+    finished: _Finished
+    options: SearchOptions
+    ids: SpecialIds
+
+    @staticmethod
+    def start(
+        model: Seq2Seq,
+        src: Tensor,
+        src_mask: Tensor,
+        options: SearchOptions,
+        need_attention: bool,
+        ids: SpecialIds,
+    ) -> _Beam:
+        batch, beam, device = src.size(0), options.beam, src.device
+        expand = torch.arange(batch, device=device).repeat_interleave(beam)
+        memory = model.encode(src, src_mask).reorder(expand)  # each sentence K times
+        max_len = max_lengths(src_mask, options.max_len_a, options.max_len_b)
+        scores = torch.full((batch, beam), NEG_INF, device=device)
+        scores[:, 0] = 0  # the K rows start identical: extend only one
+        return _Beam(
+            memory=memory,
+            state=model.init_state(memory),
+            prev=torch.full((batch * beam,), ids.bos, dtype=torch.long, device=device),
+            history=torch.empty((batch * beam, 0), dtype=torch.long, device=device),
+            attention=_no_attention(batch * beam, src, need_attention),
+            scores=scores,
+            rows=torch.arange(batch * beam, device=device),
+            alive=torch.arange(batch),
+            max_len=max_len,
+            finished=_Finished.empty(batch, beam, int(max_len.max()), ids.pad, device),
+            options=options,
+            ids=ids,
+        )
+
+    def advance(self, out, step: int) -> Tensor:
+        """Take the step's log-probs `out` (a `Step`): finish the hypotheses that end, keep the
+        K best continuations; return which live sentences are done (B',) on CPU."""
+        beam, alpha = self.options.beam, self.options.length_penalty
+        at_limit = (self.max_len[self.alive] <= step).repeat_interleave(beam)
+        candidates = _apply_rules(
+            out.log_probs.float() + self.scores.view(-1, 1), self.history, step, at_limit,
+            self.options, self.ids,
+        )  # fmt: skip
+        self.attention = _extend(self.attention, out.attention)
+        best = _best_candidates(candidates, beam, self.ids.eos)
+        if best.ending.isfinite().any():
+            self.finished = self.finished.add(
+                best.ending, best.ending_rows, self.history, self.attention, alpha
+            )
+        self.scores, self.rows, self.prev = best.scores, best.rows, best.tokens
+        best_active = self.scores[:, 0] / gnmt_length_penalty(step + 1, alpha)
+        return (best_active <= self.finished.scores[:, -1]).cpu() | (
+            self.max_len[self.alive] <= step
+        )
+
+    def continue_with(self, done: Tensor) -> None:
+        """Remove the sentences `done` (B',) and extend the others' rows by their new tokens."""
+        beam, device = self.options.beam, self.scores.device
+        if done.any():
+            staying = (~done).nonzero().squeeze(1)
+            self.alive, staying = self.alive[staying], staying.to(device)
+            keep = (staying[:, None] * beam + torch.arange(beam, device=device)).view(-1)
+            self.finished, self.scores = self.finished.select(staying), self.scores[staying]
+            self.memory, self.rows, self.prev = (
+                self.memory.reorder(keep),
+                self.rows[keep],
+                self.prev[keep],
+            )
+        self.history = torch.cat([self.history[self.rows], self.prev[:, None]], 1)
+        self.attention = None if self.attention is None else self.attention[self.rows]
 
 
 class _Candidates(NamedTuple):
@@ -376,27 +457,24 @@ def _apply_rules(
     history: Tensor,
     step: int,
     at_limit: Tensor,
-    *,
-    min_len: int,
-    no_repeat_ngram: int,
-    eos_id: int,
-    pad_id: int,
+    options: SearchOptions,
+    ids: SpecialIds,
 ) -> Tensor:
     """Apply the length, repeat and pad rules, in place, to next-token scores (R, V) in float32
     (log-probs, or totals with each row's log-prob added) that the caller owns; return them.
 
     `history` (R, step) holds each row's tokens so far; `at_limit` (R,), on CPU so that testing
     it needs no device sync, marks the rows that reached max_len and must end now."""
-    eos_scores = scores[:, eos_id].clone()  # the forced eos keeps the model's score
-    scores[:, pad_id] = NEG_INF
-    if no_repeat_ngram > 0:
-        _block_repeated_ngrams(scores, history, no_repeat_ngram)
-    if step < min_len:
-        scores[:, eos_id] = NEG_INF
+    eos_scores = scores[:, ids.eos].clone()  # the forced eos keeps the model's score
+    scores[:, ids.pad] = NEG_INF
+    if options.no_repeat_ngram > 0:
+        _block_repeated_ngrams(scores, history, options.no_repeat_ngram)
+    if step < options.min_len:
+        scores[:, ids.eos] = NEG_INF
     if at_limit.any():
         rows = at_limit.nonzero().squeeze(1).to(scores.device)
         scores[rows] = NEG_INF
-        scores[rows, eos_id] = eos_scores[rows]
+        scores[rows, ids.eos] = eos_scores[rows]
     return scores
 
 
@@ -446,7 +524,10 @@ def _real(attention: Tensor | None, src_mask: Tensor) -> Tensor | None:
 
 
 __all__ = [
+    "MAX_BEAM",
     "Hypothesis",
+    "SearchOptions",
+    "SpecialIds",
     "beam_search",
     "gnmt_length_penalty",
     "greedy_search",

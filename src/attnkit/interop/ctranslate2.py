@@ -19,10 +19,12 @@ from pathlib import Path
 
 from torch import Tensor
 
-from attnkit.data.tokenizer import Tokenizer, replacing_dir
+from attnkit.data.tokenizer import Tokenizer, Tokenizers, replacing_dir
 from attnkit.errors import UserError
-from attnkit.generation.translator import Translator
-from attnkit.models.transformer import LearnedPositions
+from attnkit.models.build import as_transformer
+from attnkit.models.transformer import LearnedPositions, Transformer
+from attnkit.runs.directory import TOKENIZER_DIR
+from attnkit.runs.load import load_run
 
 QUANTIZATIONS = ("none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16",
                  "bfloat16")  # fmt: skip
@@ -35,7 +37,6 @@ def export_ctranslate2(
     """Write the run's Transformer to `out` as a CTranslate2 model; returns `out`."""
     try:
         import ctranslate2  # noqa: F401 (checked before any work)
-        from ctranslate2.specs import transformer_spec
     except ImportError:
         raise UserError(
             "export --to ctranslate2 needs the ctranslate2 package: pip install 'attnkit[export]'"
@@ -45,12 +46,21 @@ def export_ctranslate2(
     out = Path(out)
     if out.exists() and not (out / "model.bin").is_file():
         raise UserError(f"{out} exists and is not a CTranslate2 model: choose a new folder")
-    translator = Translator.from_run(run_dir, checkpoint=checkpoint, device="cpu")
-    model, cfg, tokenizers = translator.model, translator.config, translator.tokenizers
-    if cfg.model.arch != "transformer":
-        raise UserError(
-            f"export --to ctranslate2 takes a Transformer; {run_dir} holds a '{cfg.model.arch}' model"
-        )
+    run = load_run(run_dir, checkpoint=checkpoint, device="cpu")
+    model = as_transformer(run.model, "export --to ctranslate2")
+    spec = transformer_spec(model, run.tokenizers, run.config.data.max_len)
+    spec.optimize(quantization=None if quantization == "none" else quantization)
+    with replacing_dir(out) as staging:
+        spec.save(str(staging))
+        shutil.copytree(run.dir / TOKENIZER_DIR, staging / "tokenizer")
+    return out
+
+
+def transformer_spec(model: Transformer, tokenizers: Tokenizers, max_len: int):
+    """CTranslate2's `TransformerSpec` filled with `model`'s weights and the vocabularies of
+    `tokenizers`; positions for sources up to `max_len` tokens (see `_position_table`)."""
+    from ctranslate2.specs import transformer_spec
+
     pre_norm = model.encoder.layers[0].self_attention_block.pre_norm
     spec = transformer_spec.TransformerSpec.from_config(
         (len(model.encoder.layers), len(model.decoder.layers)),
@@ -68,7 +78,7 @@ def export_ctranslate2(
             embedding.weight
         )
         side.scale_embeddings = True  # x sqrt(D), as attnkit's embedding_scale
-        side.position_encodings.encodings = _array(_position_table(positions, cfg.data.max_len))
+        side.position_encodings.encodings = _array(_position_table(positions, max_len))
     for layer_spec, layer in zip(spec.encoder.layer, model.encoder.layers, strict=True):
         _set_attention(layer_spec.self_attention, layer.self_attention, layer.self_attention_block)
         _set_feed_forward(layer_spec.ffn, layer.feed_forward, layer.feed_forward_block)
@@ -85,11 +95,7 @@ def export_ctranslate2(
     spec.register_source_vocabulary(_pieces(tokenizers.src))
     spec.register_target_vocabulary(_pieces(tokenizers.tgt))
     spec.validate()
-    spec.optimize(quantization=None if quantization == "none" else quantization)
-    with replacing_dir(out) as staging:
-        spec.save(str(staging))
-        shutil.copytree(Path(run_dir) / "tokenizer", staging / "tokenizer")
-    return out
+    return spec
 
 
 def _array(tensor: Tensor):

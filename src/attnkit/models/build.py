@@ -15,7 +15,14 @@ from attnkit.config import ModelConfig
 from attnkit.errors import UserError
 from attnkit.models.attention import LUONG_SCORES
 from attnkit.models.rnn import ATTENTIONS, CELLS, RNN_PRESETS, RecurrentSeq2Seq
-from attnkit.models.transformer import TRANSFORMER_PRESETS, Transformer
+from attnkit.models.transformer import (
+    ACTIVATIONS,
+    NORMS,
+    POSITIONS,
+    SINUSOID_LAYOUTS,
+    TRANSFORMER_PRESETS,
+    Transformer,
+)
 
 
 def _choice(name: str, value: str, options: tuple[str, ...] | list[str]) -> None:
@@ -36,11 +43,13 @@ def _size(presets: dict, cfg: ModelConfig):
 
 
 def build_transformer(
-    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool
+    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool, pad_id: int = 0
 ) -> nn.Module:
     """The encoder-decoder Transformer at the preset size, with any size key overridden."""
-    _choice("model.norm", cfg.norm, ("pre", "post"))
-    _choice("model.positions", cfg.positions, ("sinusoidal", "learned"))
+    _choice("model.norm", cfg.norm, NORMS)
+    _choice("model.positions", cfg.positions, POSITIONS)
+    _choice("model.sinusoids", cfg.sinusoids, SINUSOID_LAYOUTS)
+    _choice("model.activation", cfg.activation, list(ACTIVATIONS))
     size = _size(TRANSFORMER_PRESETS, cfg)
     if size.d_model % size.n_heads != 0:
         raise UserError(
@@ -59,13 +68,20 @@ def build_transformer(
         positions=cfg.positions,
         tie_embeddings=cfg.tie_embeddings,
         joint_vocab=joint_vocab,
+        pad_id=pad_id,
+        sinusoids=cfg.sinusoids,
+        scale_embeddings=cfg.scale_embeddings,
+        output_bias=cfg.output_bias,
+        activation=cfg.activation,
     )
 
 
-def build_rnn(cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool) -> nn.Module:
+def build_rnn(
+    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool, pad_id: int = 0
+) -> nn.Module:
     """The recurrent encoder-decoder at the preset size, with any size key overridden.
 
-    `n_heads` and `d_ff` belong to the Transformer and are ignored here, so that one recipe can
+    `n_heads`, `d_ff` and the Transformer's other keys are ignored here, so that one recipe can
     switch `model.arch` on the command line.
     """
     _choice("model.cell", cfg.cell, list(CELLS))
@@ -93,6 +109,7 @@ def build_rnn(cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: 
         dropout=size.dropout,
         tie_embeddings=cfg.tie_embeddings,
         joint_vocab=joint_vocab,
+        pad_id=pad_id,
     )
 
 
@@ -103,16 +120,23 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 
 def build_model(
-    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool = True
+    cfg: ModelConfig,
+    *,
+    src_vocab: int,
+    tgt_vocab: int,
+    joint_vocab: bool = True,
+    pad_id: int = 0,
 ) -> nn.Module:
     """Build the model named by `cfg.arch` for the given vocabularies.
 
-    `joint_vocab` says that one SentencePiece model serves both sides (`data.joint_vocab`), so
-    with `model.tie_embeddings` the source embedding is the target's too.
+    `joint_vocab` says that one vocabulary serves both sides (`data.joint_vocab`), so with
+    `model.tie_embeddings` the source embedding is the target's too. `pad_id` is the
+    vocabulary's padding id (`Tokenizers.special_ids.pad`: 0 for attnkit's own SentencePiece
+    models, another id for an imported Marian vocabulary).
     """
     _choice("model.arch", cfg.arch, list(BUILDERS))
     return BUILDERS[cfg.arch](
-        cfg, src_vocab=src_vocab, tgt_vocab=tgt_vocab, joint_vocab=joint_vocab
+        cfg, src_vocab=src_vocab, tgt_vocab=tgt_vocab, joint_vocab=joint_vocab, pad_id=pad_id
     )
 
 
@@ -120,6 +144,19 @@ def has_lstm(cfg: ModelConfig) -> bool:
     """Whether the model has LSTM cells (the recurrent models' default cell), which cannot
     autocast on the CPU (`runtime.check_precision`)."""
     return cfg.arch == "rnn" and cfg.cell == "lstm"
+
+
+def attends(cfg: ModelConfig) -> bool:
+    """Whether the model's decoder reads every source position through attention (else only
+    the encoder's final state)."""
+    return cfg.arch == "transformer" or cfg.attention != "none"
+
+
+def sequential_steps(cfg: ModelConfig, length: int) -> int:
+    """Operations one layer must run one after another over `length` positions (Vaswani et al.
+    2017, Table 1): a recurrent layer steps through every position, self-attention is one
+    batched computation whatever the length."""
+    return 1 if cfg.arch == "transformer" else length
 
 
 def as_transformer(model: nn.Module, purpose: str) -> Transformer:

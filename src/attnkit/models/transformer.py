@@ -8,6 +8,12 @@ default (`norm="pre"`, Xiong et al. 2020), with a final LayerNorm on the encoder
 outputs, because it trains stably without a long warm-up; `norm="post"` is the paper's
 arrangement. Learned positions are an option beside the paper's sinusoids.
 
+The choices that differ between published Transformers are keyword arguments rather than
+subclasses, so that one class also computes what Marian (Junczys-Dowmunt et al. 2018) and its
+Hugging Face port compute: the layout of the sinusoids (`sinusoids`), whether embeddings are
+scaled by sqrt(D) (`scale_embeddings`), a bias on the output projection (`output_bias`), and the
+feed-forward nonlinearity (`activation`). The defaults are the paper's.
+
 Masks: `src_mask` (B, S) is True on real tokens. The target needs no padding mask: padding is on
 the right, so under the causal mask no real position ever attends to it, and the loss ignores
 the padded positions themselves.
@@ -30,6 +36,10 @@ from attnkit.models.softmax import log_softmax
 
 NORMS = ("pre", "post")
 POSITIONS = ("sinusoidal", "learned")
+SINUSOID_LAYOUTS = ("interleaved", "halves")
+# The feed-forward nonlinearities: ReLU (§3.3), GELU (Hendrycks and Gimpel 2016) and
+# swish = SiLU, x sigmoid(x) (Ramachandran et al. 2017), which the opus-mt Marian models use.
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
 
 
 @dataclass(frozen=True)
@@ -52,8 +62,19 @@ TRANSFORMER_PRESETS: dict[str, TransformerSize] = {
 }
 
 
-def sinusoids(length: int, d_model: int) -> Tensor:
-    """The sinusoidal position encodings (length, D) of §3.5: sin on even, cos on odd features."""
+def sinusoids(length: int, d_model: int, layout: str = "interleaved") -> Tensor:
+    """The sinusoidal position encodings (length, D) of §3.5.
+
+    `interleaved` (the paper): sin on even, cos on odd features. `halves` (Marian): the same
+    sines in the first ceil(D/2) features and the cosines after them, computed in float64 as
+    Hugging Face's `MarianSinusoidalPositionalEmbedding` computes them, so both give one table.
+    """
+    if layout == "halves":
+        position = torch.arange(length, dtype=torch.float64)[:, None]  # (length, 1)
+        exponent = torch.arange(0, d_model, 2, dtype=torch.float64) / d_model
+        angle = position / torch.pow(10000.0, exponent)  # (length, ceil(D/2))
+        cosines = torch.cos(angle[:, : d_model // 2])
+        return torch.cat([torch.sin(angle), cosines], dim=1).float()
     position = torch.arange(length, dtype=torch.float32)[:, None]  # (length, 1)
     frequency = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))
     table = torch.zeros(length, d_model)
@@ -65,25 +86,27 @@ def sinusoids(length: int, d_model: int) -> Tensor:
 class SinusoidalPositions(nn.Module):
     """Fixed sinusoidal position encodings (§3.5); the table grows when a sequence outgrows it."""
 
-    def __init__(self, *, d_model: int, max_positions: int):
+    def __init__(self, *, d_model: int, max_positions: int, layout: str = "interleaved"):
         super().__init__()
         self.d_model = d_model
+        self.layout = layout
         # Not persistent: the table is a function of its shape, so checkpoints need not hold it.
-        self.register_buffer("table", sinusoids(max_positions, d_model), persistent=False)
+        self.register_buffer("table", sinusoids(max_positions, d_model, layout), persistent=False)
 
     def forward(self, length: int, offset: int = 0) -> Tensor:
         """The encodings (T, D) of positions offset .. offset+length-1."""
         end = offset + length
         if end > self.table.size(0):
-            self.table = sinusoids(max(end, 2 * self.table.size(0)), self.d_model).to(self.table)
+            longer = sinusoids(max(end, 2 * self.table.size(0)), self.d_model, self.layout)
+            self.table = longer.to(self.table)
         return self.table[offset:end]
 
 
 class LearnedPositions(nn.Module):
     """Learned position embeddings, the alternative §3.5 reports as nearly identical."""
 
-    def __init__(self, *, d_model: int, max_positions: int):
-        super().__init__()
+    def __init__(self, *, d_model: int, max_positions: int, layout: str = "interleaved"):
+        super().__init__()  # `layout` is the sinusoids'; accepted so both classes build alike
         self.table = nn.Embedding(max_positions, d_model)
 
     def forward(self, length: int, offset: int = 0) -> Tensor:
@@ -98,18 +121,20 @@ class LearnedPositions(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """The position-wise feed-forward network max(0, x W1 + b1) W2 + b2 (§3.3)."""
+    """The position-wise feed-forward network act(x W1 + b1) W2 + b2 (§3.3, where act is ReLU:
+    max(0, x W1 + b1) W2 + b2); `activation` names act in `ACTIVATIONS`."""
 
-    def __init__(self, *, d_model: int, d_ff: int):
+    def __init__(self, *, d_model: int, d_ff: int, activation: str = "relu"):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
+        self.activation = ACTIVATIONS[activation]
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
         # Not F.relu_: in place on the view that linear1 returns for a (B, T, D) input, autograd
         # copies the (B, T, d_ff) tensor three times (CopySlices) in the backward pass.
-        return self.linear2(F.relu(self.linear1(x)))
+        return self.linear2(self.activation(self.linear1(x)))
 
 
 class Residual(nn.Module):
@@ -139,11 +164,20 @@ class Residual(nn.Module):
 class EncoderLayer(nn.Module):
     """Self-attention, then feed-forward, each in a residual block (§3.1)."""
 
-    def __init__(self, *, d_model: int, n_heads: int, d_ff: int, dropout: float, pre_norm: bool):
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+        pre_norm: bool,
+        activation: str = "relu",
+    ):
         super().__init__()
         self.self_attention = MultiHeadAttention(d_model=d_model, n_heads=n_heads)
         self.self_attention_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
-        self.feed_forward = FeedForward(d_model=d_model, d_ff=d_ff)
+        self.feed_forward = FeedForward(d_model=d_model, d_ff=d_ff, activation=activation)
         self.feed_forward_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
@@ -158,12 +192,25 @@ class Encoder(nn.Module):
     """A stack of encoder layers, with a final LayerNorm when pre-norm (§3.1)."""
 
     def __init__(
-        self, *, d_model: int, n_heads: int, d_ff: int, layers: int, dropout: float, pre_norm: bool
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        layers: int,
+        dropout: float,
+        pre_norm: bool,
+        activation: str = "relu",
     ):
         super().__init__()
         self.layers = nn.ModuleList(
             EncoderLayer(
-                d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout, pre_norm=pre_norm
+                d_model=d_model,
+                n_heads=n_heads,
+                d_ff=d_ff,
+                dropout=dropout,
+                pre_norm=pre_norm,
+                activation=activation,
             )
             for _ in range(layers)
         )
@@ -179,13 +226,22 @@ class Encoder(nn.Module):
 class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention to the encoder, feed-forward (§3.1)."""
 
-    def __init__(self, *, d_model: int, n_heads: int, d_ff: int, dropout: float, pre_norm: bool):
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+        pre_norm: bool,
+        activation: str = "relu",
+    ):
         super().__init__()
         self.self_attention = MultiHeadAttention(d_model=d_model, n_heads=n_heads)
         self.self_attention_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
         self.cross_attention = MultiHeadAttention(d_model=d_model, n_heads=n_heads)
         self.cross_attention_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
-        self.feed_forward = FeedForward(d_model=d_model, d_ff=d_ff)
+        self.feed_forward = FeedForward(d_model=d_model, d_ff=d_ff, activation=activation)
         self.feed_forward_block = Residual(d_model=d_model, dropout=dropout, pre_norm=pre_norm)
 
     def forward(
@@ -255,12 +311,25 @@ class Decoder(nn.Module):
     """A stack of decoder layers, with a final LayerNorm when pre-norm (§3.1)."""
 
     def __init__(
-        self, *, d_model: int, n_heads: int, d_ff: int, layers: int, dropout: float, pre_norm: bool
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        layers: int,
+        dropout: float,
+        pre_norm: bool,
+        activation: str = "relu",
     ):
         super().__init__()
         self.layers = nn.ModuleList(
             DecoderLayer(
-                d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout, pre_norm=pre_norm
+                d_model=d_model,
+                n_heads=n_heads,
+                d_ff=d_ff,
+                dropout=dropout,
+                pre_norm=pre_norm,
+                activation=activation,
             )
             for _ in range(layers)
         )
@@ -316,7 +385,13 @@ class Transformer(TeacherForcing):
     Tying (§3.4): with `tie_embeddings` and one joint vocabulary (`joint_vocab`), one embedding
     matrix serves the source, the target and the output projection. With two vocabularies only
     the target embedding and the output projection share it; the source keeps its own. The
-    output projection has no bias, so tied or not, logits = h E^T.
+    output projection has no bias by default, so tied or not, logits = h E^T; with
+    `output_bias` (Marian's `final_logits_bias`) logits = h E^T + b.
+
+    `sinusoids` lays the fixed positions out as the paper (`interleaved`) or Marian (`halves`)
+    does; `scale_embeddings=False` drops the sqrt(D) factor of §3.4; `activation` is the
+    feed-forward's nonlinearity (`ACTIVATIONS`). `pad_id` is the padding row of the embeddings
+    (zero at initialisation, no gradient from padding positions).
     """
 
     def __init__(
@@ -336,17 +411,25 @@ class Transformer(TeacherForcing):
         joint_vocab: bool = True,
         max_positions: int = 1024,
         pad_id: int = 0,
+        sinusoids: str = "interleaved",
+        scale_embeddings: bool = True,
+        output_bias: bool = False,
+        activation: str = "relu",
     ):
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-        if positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+        for name, value, options in (
+            ("norm", norm, NORMS),
+            ("positions", positions, POSITIONS),
+            ("sinusoids", sinusoids, SINUSOID_LAYOUTS),
+            ("activation", activation, tuple(ACTIVATIONS)),
+        ):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {', '.join(options)}, got {value!r}")
         self.d_model = d_model
         self.attention_label = "Transformer cross-attention"
-        self.embedding_scale = math.sqrt(d_model)
+        self.embedding_scale = math.sqrt(d_model) if scale_embeddings else 1.0
         self.source_embedding, self.target_embedding = token_embeddings(
             src_vocab=src_vocab,
             tgt_vocab=tgt_vocab,
@@ -354,12 +437,15 @@ class Transformer(TeacherForcing):
             pad_id=pad_id,
             share=tie_embeddings and joint_vocab,
         )
-        self.output_projection = nn.Linear(d_model, tgt_vocab, bias=False)
+        self.output_projection = nn.Linear(d_model, tgt_vocab, bias=output_bias)
         position_class = SinusoidalPositions if positions == "sinusoidal" else LearnedPositions
-        self.source_positions = position_class(d_model=d_model, max_positions=max_positions)
-        self.target_positions = position_class(d_model=d_model, max_positions=max_positions)
+        table = dict(d_model=d_model, max_positions=max_positions, layout=sinusoids)
+        self.source_positions = position_class(**table)
+        self.target_positions = position_class(**table)
         self.embedding_dropout = Dropout(dropout)
-        stack = dict(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout)
+        stack = dict(
+            d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout, activation=activation
+        )
         self.encoder = Encoder(layers=encoder_layers, pre_norm=norm == "pre", **stack)
         self.decoder = Decoder(layers=decoder_layers, pre_norm=norm == "pre", **stack)
         init_weights(self, d_model)

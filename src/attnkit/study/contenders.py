@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from attnkit.config import ModelConfig
-from attnkit.models.build import build_model
+from attnkit.models.build import attends, build_model
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Contender:
     @property
     def attends(self) -> bool:
         """Whether the decoder reads every source position (else only the final state)."""
-        return self.model.arch == "transformer" or self.model.attention != "none"
+        return attends(self.model)
 
 
 RECURRENT = ModelConfig(arch="rnn", preset="tiny", bidirectional=False, dropout=0.0)
@@ -46,6 +46,7 @@ ARCHITECTURES: dict[str, tuple[str, ModelConfig]] = {
     "transformer": ("Transformer", ModelConfig(arch="transformer", preset="tiny", dropout=0.0)),
 }
 STUDIED = ("rnn", "lstm", "gru_bahdanau", "transformer")
+REFERENCE = "transformer"  # the contender whose parameter count the others are sized to
 
 
 def parameter_count(model: ModelConfig, vocab: int) -> int:
@@ -75,15 +76,15 @@ def contenders(
     """The architectures `keys` at the parameter count of a Transformer of width `d_model` with
     `layers` encoder and `layers` decoder layers (4 heads, feed-forward 4 x `d_model`)."""
     depth = dict(encoder_layers=layers, decoder_layers=layers)
-    transformer = dataclasses.replace(
-        ARCHITECTURES["transformer"][1], d_model=d_model, n_heads=4, d_ff=4 * d_model, **depth
+    reference = dataclasses.replace(
+        ARCHITECTURES[REFERENCE][1], d_model=d_model, n_heads=4, d_ff=4 * d_model, **depth
     )
-    target = parameter_count(transformer, vocab)
+    target = parameter_count(reference, vocab)
     chosen = []
     for key in keys:
         label, model = ARCHITECTURES[key]
-        if model.arch == "transformer":
-            model = transformer
+        if key == REFERENCE:
+            model = reference
         else:
             model = dataclasses.replace(model, **depth)
             model = dataclasses.replace(model, d_model=matching_width(model, vocab, target))

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from attnkit.config import ModelConfig
-from attnkit.models.build import build_model
+from attnkit.models.build import build_model, sequential_steps
 from attnkit.models.protocol import padding_mask
 from attnkit.study.contenders import Contender, parameter_count
 from attnkit.study.plots import line_plot
@@ -34,7 +34,7 @@ def sequential_operations(model: ModelConfig, length: int) -> int:
     `length` target tokens: every recurrent layer steps through every position, while every
     Transformer layer is one batched computation whatever the length (Table 1)."""
     layers = (model.encoder_layers or 0) + (model.decoder_layers or 0)
-    return layers if model.arch == "transformer" else layers * length
+    return layers * sequential_steps(model, length)
 
 
 def step_seconds(model: nn.Module, *, length: int, batch: int, repeats: int, seed: int) -> float:

@@ -85,7 +85,8 @@ def fit(
     probe: RecallProbe,
     *,
     longest: int,
-    seconds: float,
+    seconds: float = math.inf,
+    max_steps: int | None = None,
     batch_size: int = 32,
     lr: float = 2e-3,
     warmup: int = 100,
@@ -93,17 +94,28 @@ def fit(
     seed: int = 1,
     label: str = "",
 ) -> FitResult:
-    """Train `model` on the probe for `seconds` (Adam, warm-up then constant learning rate,
-    gradient clipping at 1), recording the loss and each layer's gradient norm every
-    `record_every` steps."""
+    """Train `model` on the probe for `seconds` or `max_steps` steps, whichever ends first (Adam,
+    warm-up then constant learning rate, gradient clipping at 1), recording the loss and each
+    layer's gradient norm every `record_every` steps. The study gives each model the same time;
+    tests give steps, which do not depend on how busy the machine is."""
+    if math.isinf(seconds) and max_steps is None:
+        raise ValueError("fit needs a time budget (seconds) or a step budget (max_steps)")
     rng = random.Random(seed)
     optimizer = adam(model.parameters(), lr=lr)
     result = FitResult()
     model.train()
     started = time.monotonic()
-    bar = tqdm(total=round(seconds), desc=label or "probe", unit="s", leave=False)
-    while (elapsed := time.monotonic() - started) < seconds:
-        bar.update(round(elapsed) - bar.n)
+    timed = math.isfinite(seconds)
+    bar = tqdm(
+        total=round(seconds) if timed else max_steps,
+        desc=label or "probe",
+        unit="s" if timed else "step",
+        leave=False,
+    )
+    while (elapsed := time.monotonic() - started) < seconds and (
+        max_steps is None or result.steps < max_steps
+    ):
+        bar.update(round(elapsed) - bar.n if timed else 1)
         step = result.steps + 1
         for group in optimizer.param_groups:
             group["lr"] = lr * min(1.0, step / warmup)

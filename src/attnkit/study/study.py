@@ -8,12 +8,13 @@ time against sequence length. The HTML report embeds every plot; study.json hold
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
 from attnkit import runtime
+from attnkit.console import log
 from attnkit.errors import UserError
 from attnkit.generation.translator import Translator
 from attnkit.study.contenders import contenders
@@ -22,7 +23,7 @@ from attnkit.study.parallelism import VOCAB as STEP_VOCAB
 from attnkit.study.parallelism import parallelism_section
 from attnkit.study.probe import RecallProbe
 from attnkit.study.report import Section, machine, write_report
-from attnkit.study.settings import FULL, QUICK, StudySettings
+from attnkit.study.settings import StudySettings
 from attnkit.study.translation import (
     BUILTIN_VOCAB,
     USER_VOCAB,
@@ -32,7 +33,6 @@ from attnkit.study.translation import (
     train_contender,
     user_data,
 )
-from attnkit.training.prepare import log
 
 STAGES = 4
 
@@ -90,31 +90,7 @@ def run_study(
     return paths
 
 
-def study_command(args: argparse.Namespace) -> None:
-    """`attnkit study`: settings from --quick and the options, then the report's paths."""
-    settings = QUICK if args.quick else FULL
-    changes = {
-        name: value
-        for name, value in (
-            ("probe_seconds", args.probe_seconds),
-            ("train_minutes", args.train_minutes),
-            ("seed", args.seed),
-            ("threads", args.threads),
-        )
-        if value is not None
-    }
-    for name in ("probe_seconds", "train_minutes"):
-        if name in changes and not changes[name] > 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {changes[name]}")
-    settings = dataclasses.replace(settings, **changes)
-    html_path, json_path = run_study(Path(args.out), settings, src=args.src, tgt=args.tgt)
-    for section_line in _summary(json_path):
-        print(section_line)
-    print(f"report  {html_path}\nfigures {json_path}")
-
-
-def _summary(json_path: Path) -> list[str]:
-    import json
-
+def summary(json_path: Path) -> list[str]:
+    """Each section's title and verdict, as the command prints them."""
     sections = json.loads(json_path.read_text(encoding="utf-8"))["sections"]
     return [f"{s['title']}\n  " + "\n  ".join(s["verdict"]) for s in sections.values()]

@@ -13,19 +13,18 @@ import random
 from pathlib import Path
 
 from attnkit import config as config_lib
+from attnkit.console import log
 from attnkit.data.corpus import read_parallel, write_lines
 from attnkit.data.synthetic import generate_pairs, write_corpus
-from attnkit.demo import demo_config_path
 from attnkit.errors import UserError
 from attnkit.evaluation.metrics import corpus_scores
 from attnkit.generation.translator import Translator
-from attnkit.study.attention_command import draw_attention
+from attnkit.study.attention_figure import draw_attention
 from attnkit.study.contenders import Contender
 from attnkit.study.plots import line_plot
 from attnkit.study.report import Figure, Section
 from attnkit.study.settings import StudySettings
 from attnkit.training.loop import train
-from attnkit.training.prepare import log
 
 BUILTIN_VOCAB, USER_VOCAB = 1000, 8000
 USER_TEST_SHARE, USER_TEST_MAX = 0.1, 2000  # held out from the user's corpus for testing
@@ -87,7 +86,7 @@ def train_contender(
 ) -> Path:
     """Train (or resume) one contender's translation run; return its directory."""
     cfg = config_lib.load(
-        demo_config_path(),
+        config_lib.recipe_path("demo"),
         [f"data.train_src={files['train.en']}", f"data.train_tgt={files['train.fr']}"],
     )
     cfg = dataclasses.replace(
@@ -166,7 +165,10 @@ def length_section(
     counts = [buckets.count(b) for b in range(len(names))]
     scores, overall = {}, {}
     for c in contenders:
-        hyps = translators[c.key].translate_text([s for s, _ in test], beam=settings.beam)
+        translator = translators[c.key]
+        hyps = translator.translate_text(
+            [s for s, _ in test], translator.options.replace(beam=settings.beam)
+        )
         overall[c.key] = corpus_scores(hyps, [[t for _, t in test]], ("bleu",))["bleu"].score
         scores[c.key] = bleu_by_bucket(hyps, test, buckets, len(names))
     filled = [b for b in range(len(names)) if counts[b]]
@@ -228,9 +230,9 @@ def attention_section(
     figures, verdict, data = [], [], {}
     for c in attending:
         translator = translators[c.key]
-        grid = c.model.arch == "transformer"
+        greedy = translator.options.replace(beam=1, nbest=1)
         drawn = draw_attention(
-            translator, sentence, figures_dir / f"attention_{c.key}.png", beam=1, grid=grid
+            translator, sentence, figures_dir / f"attention_{c.key}.png", greedy, grid=True
         )
         figures.append(
             Figure(
@@ -240,7 +242,7 @@ def attention_section(
             )
         )
         found = translator.translate(
-            [s for s, _ in test[:ATTENTION_SENTENCES]], beam=1, need_attention=True
+            [s for s, _ in test[:ATTENTION_SENTENCES]], greedy, need_attention=True
         )
         stats = [
             _alignment(hyps[0].attention)

@@ -31,20 +31,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from attnkit.console import launched, rank
 from attnkit.errors import UserError
 
+__all__ = ["Workers", "check_workers", "launch", "launched", "rank", "start", "stop"]
+
 T = TypeVar("T")
-
-
-def launched() -> bool:
-    """Whether torchrun (or `--workers`, through torchrun's launcher) started this process; a
-    WORLD_SIZE or RANK that something else left in the environment does not count."""
-    return dist.is_available() and dist.is_torchelastic_launched()
-
-
-def rank() -> int:
-    """This worker's number (0 outside torchrun): only worker 0 speaks and writes."""
-    return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
 @dataclass(frozen=True)

@@ -30,10 +30,11 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx, logits: Tensor, target: Tensor, smoothing: float
+        ctx: FunctionCtx, logits: Tensor, target: Tensor, smoothing: float, pad_id: int | None
     ) -> tuple[Tensor, Tensor]:
         x = at_least_fp32(logits)  # (N, V); a no-op in fp32
-        real = target.ne(PAD_ID).to(x.dtype)  # (N,)
+        # (N,) 1 on real targets: every row when the caller passes only real ones (pad_id None)
+        real = x.new_ones(target.shape) if pad_id is None else target.ne(pad_id).to(x.dtype)
         lse = logsumexp(x)  # (N,)
         nll = lse - x.gather(1, target[:, None]).squeeze(1)  # (N,)
         loss = nll if smoothing == 0.0 else (1.0 - smoothing) * nll + smoothing * (lse - x.mean(-1))
@@ -53,19 +54,23 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         on_target = grad.new_full((grad.size(0), 1), -(1.0 - smoothing))
         grad.scatter_add_(1, target[:, None], on_target)
         grad.mul_((grad_loss * real)[:, None])  # padding rows get no gradient
-        return grad.to(logits.dtype), None, None
+        return grad.to(logits.dtype), None, None, None
 
 
-def smoothed_nll(logits: Tensor, target: Tensor, *, smoothing: float) -> tuple[Tensor, Tensor]:
+def smoothed_nll(
+    logits: Tensor, target: Tensor, *, smoothing: float, pad_id: int | None = PAD_ID
+) -> tuple[Tensor, Tensor]:
     """Sum of label-smoothed cross-entropy and of plain NLL over non-padding targets.
 
-    logits (..., V), target (...) with PAD_ID on padding (training passes only real positions). Returns sums, not means, so that the
+    logits (..., V), target (...) with `pad_id` on padding; `pad_id=None` when every target is
+    real (training passes only real positions, and an imported Marian vocabulary may use
+    attnkit's PAD_ID 0 for a real token, its EOS). Returns sums, not means, so that the
     caller divides by the number of target tokens across accumulated batches. The smoothed loss
     trains; the plain NLL (no gradient) gives perplexity. The smoothed target puts 1 - smoothing
     on the reference and spreads `smoothing` uniformly over the vocabulary.
     """
     flat_logits = logits.reshape(-1, logits.size(-1))  # (B*T, V)
-    return _SmoothedCrossEntropy.apply(flat_logits, target.reshape(-1), smoothing)
+    return _SmoothedCrossEntropy.apply(flat_logits, target.reshape(-1), smoothing, pad_id)
 
 
 class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
@@ -75,9 +80,10 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
     pass over them (max, subtract, exp, sum, then softmax minus target in the backward pass)
     goes to main memory, with page faults whenever the allocator hands out fresh pages. Here each
     block of `rows` logits is made, reduced to its loss, and turned into its gradient while it is
-    still in cache; the gradients of the hidden states and of the weight are finished in the
-    forward pass (for an upstream gradient of 1) and only scaled in the backward pass. Every row
-    is a real target: callers pass only real positions. The matmuls are the same as unfused.
+    still in cache; the gradients of the hidden states, the weight and the bias (when the
+    projection has one, as Marian's does) are finished in the forward pass (for an upstream
+    gradient of 1) and only scaled in the backward pass. Every row is a real target: callers
+    pass only real positions. The matmuls are the same as unfused.
     """
 
     @staticmethod
@@ -85,6 +91,7 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
         ctx: FunctionCtx,
         hidden: Tensor,
         weight: Tensor,
+        bias: Tensor | None,
         target: Tensor,
         smoothing: float,
         rows: int,
@@ -92,12 +99,14 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         grad_hidden = torch.empty_like(hidden) if needs_grad else None
         grad_weight = torch.zeros_like(weight) if needs_grad else None
+        grad_bias = torch.zeros_like(bias) if needs_grad and bias is not None else None
         loss_sum = hidden.new_zeros(())
         nll_sum = hidden.new_zeros(())
         on_target = hidden.new_full((rows, 1), -(1.0 - smoothing))
         for start in range(0, hidden.size(0), rows):
             h, y = hidden[start : start + rows], target[start : start + rows, None]
-            logits = h @ weight.t()  # (rows, V), in cache
+            # (rows, V), in cache
+            logits = h @ weight.t() if bias is None else torch.addmm(bias, h, weight.t())
             top = logits.amax(dim=-1, keepdim=True)
             probs = exp_shifted(logits, top)  # unnormalised
             total = probs.sum(dim=-1, keepdim=True)
@@ -114,28 +123,41 @@ class _ProjectedSmoothedCrossEntropy(torch.autograd.Function):
                 grad.scatter_add_(1, y, on_target[: h.size(0)])
                 torch.mm(grad, weight, out=grad_hidden[start : start + rows])
                 grad_weight.addmm_(grad.t(), h)
-        ctx.save_for_backward(grad_hidden, grad_weight)
+                if grad_bias is not None:
+                    grad_bias += grad.sum(dim=0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.mark_non_differentiable(nll_sum)
         return loss_sum, nll_sum
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad_loss: Tensor, _grad_nll: Tensor) -> tuple:
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_loss, grad_weight * grad_loss, None, None, None, None
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        grad_bias = None if grad_bias is None else grad_bias * grad_loss
+        return grad_hidden * grad_loss, grad_weight * grad_loss, grad_bias, None, None, None, None
 
 
 def projected_smoothed_nll(
-    hidden: Tensor, weight: Tensor, target: Tensor, *, smoothing: float, rows: int = 256
+    hidden: Tensor,
+    weight: Tensor,
+    target: Tensor,
+    *,
+    smoothing: float,
+    rows: int = 256,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """`smoothed_nll(hidden @ weight.T, target)` without ever holding all the logits.
+    """`smoothed_nll(hidden @ weight.T + bias, target)` without ever holding all the logits.
 
-    hidden (N, D) are the decoder states of N real target positions, weight (V, D) the output
-    projection (no bias), target (N,) their ids, none of them padding. Returns the sums of the
-    smoothed loss and of the plain NLL (no gradient), like `smoothed_nll`. For the CPU: `rows`
-    rows of logits at a time stay in cache (256 x 8,000 floats: 8 MB).
+    hidden (N, D) are the decoder states of N real target positions, weight (V, D) and bias (V,)
+    or None the output projection, target (N,) their ids, none of them padding. Returns the sums
+    of the smoothed loss and of the plain NLL (no gradient), like `smoothed_nll`. For the CPU:
+    `rows` rows of logits at a time stay in cache (256 x 8,000 floats: 8 MB).
     """
-    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _ProjectedSmoothedCrossEntropy.apply(hidden, weight, target, smoothing, rows, needs_grad)
+    needs_grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    return _ProjectedSmoothedCrossEntropy.apply(
+        hidden, weight, bias, target, smoothing, rows, needs_grad
+    )
 
 
 def batch_loss(model: torch.nn.Module, batch: Batch, *, smoothing: float) -> tuple[Tensor, Tensor]:
@@ -149,7 +171,10 @@ def batch_loss(model: torch.nn.Module, batch: Batch, *, smoothing: float) -> tup
     inputs = (batch.src, batch.src_mask, batch.tgt_in, batch.tgt_positions)
     target, device = batch.real_targets(), batch.src.device.type
     if device == "cpu" and not torch.is_autocast_enabled(device):
-        weight = getattr(model, "module", model).output_projection.weight
+        projection = getattr(model, "module", model).output_projection
         hidden = model(*inputs, project=False)
-        return projected_smoothed_nll(hidden, weight, target, smoothing=smoothing)
-    return smoothed_nll(model(*inputs), target, smoothing=smoothing)
+        return projected_smoothed_nll(
+            hidden, projection.weight, target, smoothing=smoothing, bias=projection.bias
+        )
+    # Every target here is real, so none is masked: an imported vocabulary's EOS may be id 0.
+    return smoothed_nll(model(*inputs), target, smoothing=smoothing, pad_id=None)

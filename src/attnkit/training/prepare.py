@@ -6,15 +6,13 @@ run directory behind.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
 
 from attnkit import config as config_lib
 from attnkit import runtime
 from attnkit.config import Config
+from attnkit.console import log, rank
 from attnkit.data.corpus import TokenizedCorpus, read_parallel, tokenize_corpus
 from attnkit.data.tokenizer import (
     Tokenizers,
@@ -23,17 +21,10 @@ from attnkit.data.tokenizer import (
     train_tokenizers,
 )
 from attnkit.errors import UserError
-from attnkit.training import distributed
-
-CONFIG_FILE = "config.yaml"
-TOKENIZER_DIR = "tokenizer"
-
-
-def log(message: str) -> None:
-    """Progress messages go to stderr, so stdout stays clean for results; `tqdm.write` puts them
-    above a progress bar rather than through it. Under torchrun only worker 0 speaks."""
-    if distributed.rank() == 0:
-        tqdm.write(message, file=sys.stderr)
+from attnkit.models.build import has_lstm
+from attnkit.runs.directory import CONFIG_FILE, TOKENIZER_DIR, check_compatible
+from attnkit.training.schedule import SCHEDULES
+from attnkit.training.validate import VALID_METRICS
 
 
 @dataclass
@@ -47,20 +38,6 @@ class PreparedRun:
     valid: TokenizedCorpus | None
     valid_src: list[str]
     valid_ref: list[str]
-
-
-def check_compatible(run_dir: Path, cfg: Config) -> None:
-    """A run directory may only be resumed with the data and model it was started with."""
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.is_file():
-        return
-    saved = config_lib.load(saved_path)
-    for section in ("data", "model"):
-        if getattr(saved, section) != getattr(cfg, section):
-            raise UserError(
-                f"{run_dir} holds a run with a different '{section}' config; "
-                "resume it with the same settings, or choose another run.dir"
-            )
 
 
 def _read_pair(src: str | None, tgt: str | None, what: str) -> tuple[list[str], list[str]]:
@@ -101,9 +78,6 @@ def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> T
 def check_choices(cfg: Config) -> None:
     """Fail before any work when a training or decoding key names something that does not
     exist, or a precision that cannot run the model on the run's device."""
-    from attnkit.training.schedule import SCHEDULES
-    from attnkit.training.validate import VALID_METRICS
-
     for key, value, options in [
         ("train.schedule", cfg.train.schedule, SCHEDULES),
         ("train.valid_metric", cfg.train.valid_metric, VALID_METRICS),
@@ -117,12 +91,7 @@ def check_choices(cfg: Config) -> None:
         ("train.precision", cfg.train.precision),
         ("decode.precision", cfg.decode.precision),
     ]:
-        runtime.check_precision(key, value, device, lstm=uses_lstm(cfg))
-
-
-def uses_lstm(cfg: Config) -> bool:
-    """Whether the run's model has LSTM cells (the recurrent models' default cell)."""
-    return cfg.model.arch == "rnn" and cfg.model.cell == "lstm"
+        runtime.check_precision(key, value, device, lstm=has_lstm(cfg.model))
 
 
 def prepare_run(cfg: Config) -> PreparedRun:
@@ -136,7 +105,7 @@ def prepare_run(cfg: Config) -> PreparedRun:
         valid_src, valid_ref = _read_pair(cfg.data.valid_src, cfg.data.valid_tgt, "valid")
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if distributed.rank() == 0:  # under torchrun the other workers read what worker 0 wrote
+    if rank() == 0:  # under torchrun the other workers read what worker 0 wrote
         config_lib.save(cfg, run_dir / CONFIG_FILE)
     tokenizers = _tokenizers(cfg, run_dir, train_src, train_tgt)
     train, report = tokenize_corpus(

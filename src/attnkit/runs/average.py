@@ -16,14 +16,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from attnkit.errors import UserError
-from attnkit.training.checkpoint import (
+from attnkit.runs.checkpoint import (
     STEP_NAME,
     WEIGHTS,
-    check_run_dir,
     find_checkpoint,
     save_tensors,
     step_checkpoints,
 )
+from attnkit.runs.directory import check_run_dir
 
 AVERAGED = "averaged"
 

@@ -65,7 +65,7 @@ def _remove_control(line: str) -> str:
 
 
 @dataclass
-class PrepareReport:
+class CleanReport:
     """What `prepare` read, kept and changed; `describe()` gives the lines the command prints."""
 
     pairs_read: int = 0
@@ -100,7 +100,9 @@ class PrepareReport:
         return [f"{label:<{width}}  {number:>{digits},}" for label, number in rows]
 
 
-def prepare(src: str | Path, tgt: str | Path, out: str | Path) -> tuple[PrepareReport, list[Path]]:
+def clean_parallel(
+    src: str | Path, tgt: str | Path, out: str | Path
+) -> tuple[CleanReport, list[Path]]:
     """Clean the parallel files `src` and `tgt` into folder `out`, under their own names.
 
     Returns the report and the two written paths. Raises UserError for unreadable input (see
@@ -110,7 +112,7 @@ def prepare(src: str | Path, tgt: str | Path, out: str | Path) -> tuple[PrepareR
     src, tgt, out = Path(src), Path(tgt), Path(out)
     dests = _destinations(src, tgt, out)
     src_lines, tgt_lines = read_parallel(src, tgt)
-    report = PrepareReport(pairs_read=len(src_lines))
+    report = CleanReport(pairs_read=len(src_lines))
     kept: tuple[list[str], list[str]] = ([], [])
     for source, target in zip(src_lines, tgt_lines, strict=True):
         clean_source, clean_target = clean_line(source), clean_line(target)

@@ -86,14 +86,6 @@ def _replace_directory(directory: Path, write: Callable[[Path], None], info: dic
     shutil.rmtree(old, ignore_errors=True)
 
 
-def check_run_dir(run_dir: Path) -> None:
-    """Stop with a UserError unless `run_dir` is a run directory written by `attnkit train`."""
-    if not run_dir.is_dir():
-        raise UserError(f"run directory not found: {run_dir}")
-    if not (run_dir / "config.yaml").is_file():
-        raise UserError(f"{run_dir} is not an attnkit run directory (no config.yaml)")
-
-
 def step_checkpoints(checkpoints: Path) -> list[Path]:
     """The complete `step-N` checkpoints under a run's `checkpoints` folder, oldest step first."""
     found = []

@@ -7,28 +7,33 @@ to use the run on your own text.
 
 from __future__ import annotations
 
+import argparse
 import time
-from importlib import resources
 from pathlib import Path
 
-from attnkit import config as config_lib
-from attnkit.data.corpus import read_lines
-from attnkit.data.synthetic import write_corpus
-from attnkit.evaluation.metrics import corpus_scores
-from attnkit.generation.translator import Translator
-from attnkit.study.attention_command import draw_attention
-from attnkit.training.loop import train
-
 TEST_BEAM = 4
+HEATMAP_WORDS = 8  # the heatmap's sentence: the test sentence nearest this many words
 
 
-def demo_config_path() -> Path:
-    """The demo recipe shipped inside the package (also at configs/demo.yaml in the repository)."""
-    return Path(str(resources.files("attnkit") / "recipes" / "demo.yaml"))
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train and use a small translator on the built-in corpus")
+    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p.add_argument("--size", type=int, default=20000, help="training pairs to generate")
+    p.add_argument("--max-minutes", type=float, default=3.0, help="training time limit")
+    p.set_defaults(func=lambda args: run_demo(Path(args.out), args.size, args.max_minutes))
 
 
-def run_demo(*, out: Path, size: int = 20000, max_minutes: float = 3.0) -> float:
+def run_demo(out: Path, size: int = 20000, max_minutes: float = 3.0) -> float:
     """Run the whole demo into the run directory `out`; return the test BLEU."""
+    from attnkit import config as config_lib
+    from attnkit import runtime
+    from attnkit.data.corpus import read_lines
+    from attnkit.data.synthetic import write_corpus
+    from attnkit.evaluation.metrics import corpus_scores
+    from attnkit.generation.translator import Translator
+    from attnkit.study.attention_figure import draw_attention
+    from attnkit.training.loop import train
+
     started = time.monotonic()
     data_dir = out / "data"
     print(f"1/4 writing the built-in English-French corpus ({size:,} training pairs) to {data_dir}")
@@ -41,22 +46,24 @@ def run_demo(*, out: Path, size: int = 20000, max_minutes: float = 3.0) -> float
         f"data.valid_tgt={files['valid.fr']}",
         f"train.max_minutes={max_minutes}",
     ]
-    cfg = config_lib.load(demo_config_path(), overrides)
+    cfg = config_lib.load(config_lib.recipe_path("demo"), overrides)
     print(f"2/4 training a Transformer for at most {max_minutes:g} minutes")
     train(cfg)
 
     print(f"3/4 translating the held-out test set with beam search (beam {TEST_BEAM})")
     translator = Translator.from_run(out)
+    runtime.configure(translator.config.run.threads)
+    options = translator.options.replace(beam=TEST_BEAM)
     src, ref = read_lines(files["test.en"]), read_lines(files["test.fr"])
-    hyps = translator.translate_text(src, beam=TEST_BEAM)
+    hyps = translator.translate_text(src, options)
     bleu = corpus_scores(hyps, [ref], ("bleu",))["bleu"]
     for s, h in list(zip(src, hyps, strict=True))[:5]:
         print(f"  EN  {s}\n  FR  {h}\n")
     print(f"  test BLEU {bleu.score:.1f} on {len(src)} sentences   ({bleu.signature})")
 
     print("4/4 drawing the cross-attention of one sentence")
-    sentence = max(src[:50], key=len)
-    heatmap = draw_attention(translator, sentence, out / "attention.png", beam=TEST_BEAM)
+    sentence = min(src[:50], key=lambda s: abs(len(s.split()) - HEATMAP_WORDS))
+    heatmap = draw_attention(translator, sentence, out / "attention.png", options)
     print(f"  {heatmap.path}")
 
     minutes = (time.monotonic() - started) / 60

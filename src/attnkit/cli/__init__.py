@@ -1,0 +1,77 @@
+"""The `attnkit` command: one module per subcommand, each a thin layer over the library.
+
+Each module has `add_parser(subparsers)`, which declares the command's options and sets `func`,
+and the function that runs it. Mistakes a user can make raise `UserError`; `main` prints them
+as one line on stderr and exits with status 1, never a traceback. Heavy imports (torch) happen
+inside the commands so that `attnkit --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from attnkit import __version__
+from attnkit.cli import (
+    attention,
+    average,
+    data,
+    demo,
+    evaluate,
+    export,
+    serve,
+    study,
+    train,
+    translate,
+)
+from attnkit.errors import UserError
+
+COMMANDS = (demo, data, train, translate, evaluate, average, study, attention, serve, export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every module of COMMANDS adds its subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="attnkit",
+        description="Sequence-to-sequence learning with attention: train, translate, evaluate, "
+        "and compare the Transformer with the recurrent models it replaced.",
+    )
+    parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def _is_override(arg: str) -> bool:
+    return "=" in arg and not arg.startswith("-")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a positional list at the first option: `train CONFIG --workers 2 a.b=c`
+    # leaves `a.b=c` over. Overrides may come on either side of the options.
+    if extra and hasattr(args, "overrides") and all(_is_override(arg) for arg in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args.func(args)
+    except UserError as error:
+        print(f"attnkit: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("attnkit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # The reader (e.g. `head`) went away; nothing left to report.
+        sys.stderr.close()
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""What several commands share on the command line: run, checkpoint, device and search options."""
+
+from __future__ import annotations
+
+import argparse
+
+CHECKPOINTS = ["best", "last", "averaged"]  # the weights a command may load from a run
+DEVICE_HELP = "cpu, cuda, cuda:N (default: the run's)"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """RUN, --checkpoint and (unless `device` is False) --device."""
+    parser.add_argument("run", help="run directory")
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    if device:
+        parser.add_argument("--device", help=DEVICE_HELP)
+
+
+def add_beam_argument(parser: argparse.ArgumentParser) -> None:
+    """--beam: the beam size, 1 for greedy search."""
+    parser.add_argument(
+        "--beam", type=int, help="beam size, 1 for greedy search (default: the run's decode.beam)"
+    )

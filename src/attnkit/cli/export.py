@@ -1,0 +1,45 @@
+"""`attnkit export RUN --to ctranslate2|hf OUT`: a run's Transformer in another format."""
+
+from __future__ import annotations
+
+import argparse
+
+from attnkit.cli.common import CHECKPOINTS
+from attnkit.errors import UserError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a run's Transformer to CTranslate2 (fast int8 CPU / fp16 GPU inference)",
+        description="Write a run's Transformer as a CTranslate2 model in OUT, with its "
+        "SentencePiece model(s) under OUT/tokenizer. Needs the ctranslate2 package "
+        "(pip install 'attnkit[export]'). --to hf (Hugging Face Marian) is not available: "
+        "Marian models are post-norm and lay their sinusoids out differently.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--to", choices=["ctranslate2", "hf"], required=True, help="target format")
+    p.add_argument("out", help="output folder (new, or an earlier export to replace)")
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    p.add_argument(
+        "--quantization",
+        default="none",
+        help="store the weights as int8, int8_float32, int8_float16, int8_bfloat16, float16 or "
+        "bfloat16 (default: none, float32; CTranslate2 can also convert when it loads)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    """Export and print where the model went."""
+    if args.to == "hf":
+        raise UserError(
+            "export --to hf is not available: Hugging Face Marian models are post-norm with "
+            "their sinusoids laid out in halves; use --to ctranslate2"
+        )
+    from attnkit.interop.ctranslate2 import export_ctranslate2
+
+    out = export_ctranslate2(
+        args.run, args.out, checkpoint=args.checkpoint, quantization=args.quantization
+    )
+    print(f"wrote {out}")
