@@ -1,0 +1,2 @@
+"""Run directories: what `attnkit train` writes (config, tokenizer, checkpoints) and how every
+other command loads it."""
