@@ -15,8 +15,8 @@ own:
   corpus: batches/s and tokens/s, which must not fall as the corpus grows;
 - `in-memory` (sizes up to `--in-memory-max`): what `attnkit train` did before the cache, the
   whole text read with `read_parallel` and tokenized with `tokenize_corpus`, for comparison;
-- `tokenizer` (with `--tokenizer`): SentencePiece training on the streamed corpus, a reservoir
-  sample of `--tokenizer-sample` sentences.
+- `tokenizer` (only when named in `--parts`): SentencePiece training on the streamed corpus,
+  a reservoir sample of `--tokenizer-sample` sentences (the default of `data.tokenizer_sample`).
 
 Memory is reported as the peak RSS of the part's main process (ru_maxrss, which counts the
 pages of a mapped cache it touched: page cache the kernel may drop, shared by every process
@@ -274,7 +274,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/attnkit_data_scale"))
     parser.add_argument("--batches", type=int, default=2000, help="batches collated in `batches`")
     parser.add_argument("--in-memory-max", type=int, default=3_000_000)
-    parser.add_argument("--tokenizer", action="store_true", help="also time SentencePiece")
     parser.add_argument("--tokenizer-sample", type=int, default=2_000_000)
     parser.add_argument("--keep", action="store_true", help="keep the corpora and caches")
     parser.add_argument("--progress", action="store_true", help="show the build's progress bar")
@@ -289,7 +288,6 @@ def main() -> None:
         return
     if args.data is None:
         parser.error("--data is required (the folder with Multi30k's train.en and train.fr)")
-    parts = [p for p in args.parts if p != "tokenizer"] + (["tokenizer"] if args.tokenizer else [])
     train_tokenizer(args.data, args.work)
     print(f"{usable_cores_line()}; max_len {MAX_LEN}, batches of {MAX_TOKENS} tokens")
     print(
@@ -300,7 +298,7 @@ def main() -> None:
     for size in args.sizes:
         corpus = args.work / f"corpus-{size}"
         write_corpus(args.data, corpus, size)
-        for part in parts:
+        for part in args.parts:
             if part == "in-memory" and size > args.in_memory_max:
                 continue
             r = run_part(part, corpus, corpus, args) | {"size": size}

@@ -59,18 +59,30 @@ class Level:
         return 1000 * cuts[int(p) - 1]
 
 
-def offline_rate(run: str, lines: list[str], beam: int) -> float:
-    """Sentences/s of `attnkit translate --beam BEAM` on `lines`, in this process."""
-    from attnkit import runtime
-    from attnkit.generation.translator import Translator
+class Offline:
+    """`attnkit translate --beam BEAM` on the same lines, in this process: the command's own
+    settings and calls (one chunk of up to 2000 lines, batched under decode.batch_tokens)."""
 
-    translator = Translator.from_run(run)
-    runtime.configure(translator.config.run.threads)
-    options = translator.options.replace(beam=beam)
-    translator.translate(lines[:8], options)  # warm-up
-    start = time.perf_counter()
-    translator.translate(lines, options)
-    return len(lines) / (time.perf_counter() - start)
+    def __init__(self, run: str, beam: int) -> None:
+        from attnkit import runtime
+        from attnkit.generation.translator import Translator
+
+        self.translator = Translator.from_run(run)
+        runtime.configure(self.translator.config.run.threads)
+        self.options = self.translator.options.replace(beam=beam)
+        self.lines, self.seconds = 0, 0.0
+
+    def run(self, lines: list[str]) -> float:
+        """Translate `lines`; their sentences/s."""
+        start = time.perf_counter()
+        self.translator.translate(lines, self.options)
+        took = time.perf_counter() - start
+        self.lines, self.seconds = self.lines + len(lines), self.seconds + took
+        return len(lines) / took
+
+    @property
+    def rate(self) -> float:
+        return self.lines / self.seconds
 
 
 def start_server(run: str, extra: list[str], log: Path) -> tuple[subprocess.Popen, int]:
@@ -155,6 +167,20 @@ def run_level(port: int, lines: list[str], clients: int, beam: int) -> Level:
     )
 
 
+def merge(rounds: list[Level]) -> Level:
+    """One number of clients over several rounds: totals, and every latency."""
+    return Level(
+        rounds[0].clients,
+        sum(level.requests for level in rounds),
+        sum(level.seconds for level in rounds),
+        [latency for level in rounds for latency in level.latencies],
+        sum(level.errors for level in rounds),
+        sum(level.batches for level in rounds),
+        sum(level.sentences for level in rounds),
+        sum(level.busy for level in rounds),
+    )
+
+
 def report(levels: list[Level], offline: float) -> list[str]:
     """The table, then the targets with their verdicts."""
     rows = [
@@ -196,11 +222,18 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8,32", help="concurrent clients per level")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure offline and every level this many times, interleaved (a shared machine's "
+        "load then weighs on all alike); the table sums the rounds",
+    )
+    parser.add_argument(
         "--server-args", default="", help='more `serve` flags, e.g. "--max-wait-ms 10"'
     )
     args = parser.parse_args()
-    if not 1 <= args.requests <= 2000:
-        sys.exit("--requests must be 1 to 2000")
+    if not 1 <= args.requests <= 2000 or not 1 <= args.rounds <= 10:
+        sys.exit("--requests must be 1 to 2000, --rounds 1 to 10")
     text = Path(args.lines).read_text(encoding="utf-8").splitlines()
     lines = [line for line in text if line.strip()][: args.requests]
     levels_wanted = [int(count) for count in args.clients.split(",")]
@@ -208,21 +241,25 @@ def main() -> None:
     print(
         f"{len(lines)} lines of {args.lines}, beam {args.beam}, {os.cpu_count()} CPUs", flush=True
     )
-    offline = offline_rate(args.run, lines, args.beam)
-    print(f"offline translate: {offline:.1f} sentences/s", flush=True)
+    offline = Offline(args.run, args.beam)
+    offline.translator.translate(lines[:8], offline.options)  # warm-up
+    measured: dict[int, list[Level]] = {clients: [] for clients in levels_wanted}
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
         process, port = start_server(args.run, shlex.split(args.server_args), log)
         try:
             run_level(port, lines[:8], 4, args.beam)  # warm-up
-            levels = []
-            for clients in levels_wanted:
-                levels.append(run_level(port, lines, clients, args.beam))
-                print(f"{clients} clients: {levels[-1].rate:.1f} sentences/s", flush=True)
+            for round_ in range(1, args.rounds + 1):
+                rates = [f"offline {offline.run(lines):.1f}"]
+                for clients in levels_wanted:
+                    measured[clients].append(run_level(port, lines, clients, args.beam))
+                    rates.append(f"{clients} clients {measured[clients][-1].rate:.1f}")
+                print(f"round {round_}, sentences/s: {', '.join(rates)}", flush=True)
         finally:
             process.terminate()
             process.wait(60)
-    print("\n".join(report(levels, offline)))
+    levels = [merge(rounds) for rounds in measured.values()]
+    print("\n".join(report(levels, offline.rate)))
 
 
 if __name__ == "__main__":

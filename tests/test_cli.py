@@ -49,8 +49,10 @@ def test_data_synth_rejects_bad_size(cli, tmp_path):
     assert_one_line_error(cli("data", "synth", "--out", str(tmp_path), "--size", "0"), "--size")
 
 
-def test_export_to_hugging_face_says_why_it_is_not_available(cli):
-    assert_one_line_error(cli("export", "r", "--to", "hf", "o"), "post-norm", "--to ctranslate2")
+def test_export_to_hugging_face_needs_a_run(cli, tmp_path):
+    result = cli("export", str(tmp_path / "r"), "--to", "hf", str(tmp_path / "o"))
+    assert_one_line_error(result, "run directory not found")
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_config_file(cli, tmp_path):

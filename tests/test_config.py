@@ -103,10 +103,10 @@ def test_resolved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_shipped_recipe_loads_and_names_its_command(recipe):
-    from attnkit.training.prepare import check_choices
+    from attnkit.training.prepare import check_config
 
     path = ROOT / "configs" / recipe
-    check_choices(config_lib.load(path))  # every key exists, has its type, names a known choice
+    check_config(config_lib.load(path))  # every key exists, has its type, names a known choice
     header = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):

@@ -102,7 +102,7 @@ def test_export_errors_are_one_line(cli, data, tmp_path, exported):
     )
     rnn = _train(data, tmp_path / "rnn", "model.arch=rnn", "model.preset=tiny")
     assert_one_line_error(
-        cli("export", str(rnn), "--to", "ctranslate2", str(tmp_path / "o")), "'rnn'"
+        cli("export", str(rnn), "--to", "ctranslate2", str(tmp_path / "o")), "recurrent model"
     )
     assert not (tmp_path / "o").exists()
 

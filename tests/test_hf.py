@@ -137,11 +137,9 @@ def hf_batch(tokenizer, lines=LINES):
 
 def attnkit_decode(model, batch, ids, *, beam: int) -> list[list[int]]:
     """attnkit's search on a tokenized batch: MAX_TOKENS tokens at most, no length penalty."""
-    from attnkit.generation.search import SpecialIds
-
     src, mask = batch["input_ids"], batch["attention_mask"].bool()
     options = SearchOptions(beam=beam, length_penalty=0.0, max_len_a=0.0, max_len_b=MAX_TOKENS)
-    search_ids = SpecialIds(bos=ids.bos, eos=ids.eos, pad=ids.pad)
+    search_ids = ids
     if beam == 1:
         return [h.tokens for h in greedy_search(model, src, mask, options, ids=search_ids)]
     found = beam_search(model, src, mask, options, ids=search_ids)
@@ -423,15 +421,40 @@ def test_export_refuses_what_marian_cannot_express_in_one_line(trained, tmp_path
 
 @pytest.mark.slow
 def test_import_hf_on_the_command_line(marian, tmp_path):
-    from attnkit.interop import hf_command
-
     _, _, hf_dir, _ = marian
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    hf_command.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["import", "hf", str(hf_dir), "--out", str(tmp_path / "run")])
-    args.func(args)
+    done = run_cli("import", "hf", str(hf_dir), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"wrote {tmp_path / 'run'}")
     done = run_cli("translate", str(tmp_path / "run"), "--beam", "2", stdin="\n".join(LINES))
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == len(LINES)
+
+
+@pytest.mark.slow
+def test_the_translator_decodes_an_imported_run_as_generate_does(marian):
+    from attnkit.generation.translator import Translator
+
+    model, tokenizer, _, run_dir = marian
+    translator = Translator.from_run(run_dir, device="cpu")
+    options = SearchOptions(beam=1, length_penalty=0.0, max_len_a=0.0, max_len_b=MAX_TOKENS)
+    ours = [hyps[0].tokens for hyps in translator.translate(LINES, options)]
+    ids = translator.ids
+    assert ours == hf_decode(model, hf_batch(tokenizer), beam=1, special={ids.pad, ids.eos})
+
+
+@pytest.mark.slow
+def test_an_imported_run_exports_to_ctranslate2_and_decodes_alike(marian, tmp_path):
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from attnkit.generation.translator import Translator
+
+    _, _, _, run_dir = marian
+    done = run_cli("export", str(run_dir), "--to", "ctranslate2", str(tmp_path / "ct2"))
+    assert done.returncode == 0, done.stderr
+    translator = Translator.from_run(run_dir, device="cpu")
+    options = SearchOptions(beam=1, length_penalty=0.0, max_len_a=0.0, max_len_b=MAX_TOKENS)
+    ours = [hyps[0].tokens for hyps in translator.translate(LINES, options)]
+    engine = ctranslate2.Translator(str(tmp_path / "ct2"), device="cpu", compute_type="float32")
+    pieces = [translator.tokenizers.src.pieces(line) for line in LINES]
+    found = engine.translate_batch(pieces, beam_size=1, max_decoding_length=MAX_TOKENS)
+    theirs = [translator.tokenizers.tgt.ids(result.hypotheses[0]) for result in found]
+    assert theirs == ours

@@ -232,3 +232,60 @@ def test_resume_after_kill_follows_the_uninterrupted_run(tmp_path):
     assert sorted(got) == sorted(expected) == list(range(1, 31))
     for step in expected:
         assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-5), step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_and_the_run_resumes_exactly(tmp_path, sig, status):
+    """SIGTERM (a scheduler's preemption) or Ctrl-C: the step finishes, the last checkpoint is
+    saved, the exit status is 128 + the signal, and resuming gives the losses and the final
+    validation of the run that was never stopped."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = _write_corpus(tmp_path / "data")
+    valid = (f"data.valid_src={files['valid.en']}", f"data.valid_tgt={files['valid.fr']}")
+    whole = subprocess.run(
+        _train_args(files, tmp_path / "whole", *valid), cwd=root, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    stopped_dir = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        _train_args(files, stopped_dir, *valid), cwd=root, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # stop it between checkpoints (every 10 steps)
+        metrics = stopped_dir / "metrics.jsonl"
+        if metrics.is_file() and max(_losses(stopped_dir), default=0) >= 13:
+            break
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == status, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"attnkit: stopped by {signal.Signals(sig).name} at step ")
+    step = int(last.split(" at step ")[1].split(";")[0])
+    assert 13 <= step < 30 and step % 10 != 0, "stopped between two validations"
+    info = json.loads((stopped_dir / "checkpoints" / "last" / "info.json").read_text())
+    assert info["step"] == step
+
+    resumed = subprocess.run(
+        _train_args(files, stopped_dir, *valid), cwd=root, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {stopped_dir} from step {step}" in resumed.stderr
+    expected, got = _losses(tmp_path / "whole"), _losses(stopped_dir)
+    assert sorted(got) == sorted(expected) == list(range(1, 31))
+    for at in expected:
+        assert got[at] == pytest.approx(expected[at], rel=1e-4, abs=1e-5), at
+    (final,) = [e for e in _events(stopped_dir) if e["event"] == "valid" and e["step"] == 30]
+    (reference,) = [
+        e for e in _events(tmp_path / "whole") if e["event"] == "valid" and e["step"] == 30
+    ]
+    assert final.pop("event") == reference.pop("event")
+    assert final == pytest.approx(reference, rel=1e-4, abs=1e-5)
+
+
+def _events(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").open(encoding="utf-8")]

@@ -10,6 +10,7 @@ is None). The resolved config, every default filled in, is written into the run 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,6 +107,8 @@ class TrainConfig:
     valid_metric: str = "bleu"  # bleu | chrf | loss | rouge1 | rouge2 | rougeL
     patience: int = 10  # validations without improvement before stopping; 0 disables
     keep_checkpoints: int = 0  # also keep step-N weights of the last N validations; 0: none
+    save_every_minutes: float | None = 10.0  # also save checkpoints/last this often; null: never
+    max_bad_steps: int = 10  # non-finite updates in a row (each skipped) before the run stops
     progress: bool = True
 
 
@@ -135,6 +138,89 @@ class Config:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+MAX_BEAM = 128  # the widest beam any config, command or request may ask for
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a number may take: between `low` and `high` (None: no bound), each end
+    included unless `*_open`; never NaN or infinite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        low = (
+            None if self.low is None else f"{'above' if self.low_open else 'at least'} {self.low:g}"
+        )
+        high = (
+            None
+            if self.high is None
+            else f"{'below' if self.high_open else 'at most'} {self.high:g}"
+        )
+        return ", ".join(filter(None, [low, high])) or "a finite number"
+
+
+POSITIVE, COUNT = Bound(1), Bound(0)  # integers from 1, and from 0
+PROBABILITY = Bound(0, 1, high_open=True)  # dropout, smoothing, Adam's betas: 1 never works
+# The range of every numeric key. Types are checked on loading (`_coerce`); the ranges here,
+# once, before a run directory is touched (`check_ranges`). Hand-written rather than a
+# validation library's: the keys are attnkit's own, and so is the one-line message.
+RANGES: dict[str, Bound] = {
+    "run.seed": Bound(0, 2**32 - 1),
+    "run.threads": Bound(1, 4096),
+    "data.vocab_size": Bound(16, 2_000_000),
+    "data.max_len": Bound(1, 1_000_000),
+    "data.tokenizer_sample": POSITIVE,
+    "model.d_model": Bound(1, 65_536),
+    "model.n_heads": Bound(1, 1024),
+    "model.d_ff": Bound(1, 1_048_576),
+    "model.encoder_layers": Bound(1, 1000),
+    "model.decoder_layers": Bound(1, 1000),
+    "model.dropout": PROBABILITY,
+    "train.max_tokens": Bound(1, 10_000_000),
+    "train.accum_steps": Bound(1, 100_000),
+    "train.max_steps": Bound(1, 10**12),
+    "train.max_minutes": Bound(0, low_open=True),
+    "train.lr": Bound(0, 10, low_open=True),
+    "train.warmup": Bound(0, 10**12),
+    "train.betas": PROBABILITY,
+    "train.weight_decay": Bound(0),
+    "train.label_smoothing": PROBABILITY,
+    "train.clip_norm": Bound(0),
+    "train.log_every": POSITIVE,
+    "train.valid_every": POSITIVE,
+    "train.patience": COUNT,
+    "train.keep_checkpoints": Bound(0, 1000),
+    "train.save_every_minutes": Bound(0, low_open=True),
+    "train.max_bad_steps": POSITIVE,
+    "decode.beam": Bound(1, MAX_BEAM),
+    "decode.length_penalty": Bound(-10, 10),
+    "decode.max_len_a": Bound(0, 10),
+    "decode.max_len_b": Bound(0, 10_000),
+    "decode.min_len": Bound(0, 10_000),
+    "decode.no_repeat_ngram": Bound(0, 100),
+    "decode.batch_tokens": Bound(1, 10_000_000),
+}
+
+
+def check_ranges(config: Config) -> None:
+    """A UserError naming the first key whose value is out of its range (`RANGES`)."""
+    for key, bound in RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        values = value if isinstance(value, tuple) else (value,)
+        if any(v is not None and not bound.holds(v) for v in values):
+            raise UserError(f"{key} must be {bound.describe()}, got {value}")
 
 
 def _section_types() -> dict[str, type]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from attnkit import __version__
 from attnkit.cli import (
@@ -20,25 +21,51 @@ from attnkit.cli import (
     demo,
     evaluate,
     export,
+    import_model,
     serve,
     study,
     train,
     translate,
 )
-from attnkit.errors import UserError
+from attnkit.errors import Stopped, UserError
+from attnkit.files import os_error
 
-COMMANDS = (demo, data, train, translate, evaluate, average, study, attention, serve, export)
+COMMANDS = (
+    demo,
+    data,
+    train,
+    translate,
+    evaluate,
+    average,
+    study,
+    attention,
+    serve,
+    export,
+    import_model,
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake said in one line (exit status 1) like every other one."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("attnkit").strip()
+        where = f"{command}: " if command else ""
+        print(f"attnkit: error: {where}{message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line: every module of COMMANDS adds its subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="attnkit",
         description="Sequence-to-sequence learning with attention: train, translate, evaluate, "
         "and compare the Transformer with the recurrent models it replaced.",
     )
     parser.add_argument("--version", action="version", version=f"attnkit {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser
+    )
     for command in COMMANDS:
         command.add_parser(sub)
     return parser
@@ -63,13 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as error:
         print(f"attnkit: error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("attnkit: interrupted", file=sys.stderr)
-        return 130
+    except Stopped as stopped:
+        print(f"attnkit: {stopped}", file=sys.stderr)
+        return stopped.status
     except BrokenPipeError:
         # The reader (e.g. `head`) went away; nothing left to report.
         sys.stderr.close()
         return 0
+    except OSError as error:  # the environment: a full or read-only disk, a missing folder
+        where = error.filename or "a file"
+        print(f"attnkit: error: {os_error(error, where, 'use')}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("attnkit: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -11,11 +11,11 @@ from attnkit.errors import UserError
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a run's Transformer to CTranslate2 (fast int8 CPU / fp16 GPU inference)",
+        help="export a run's Transformer to CTranslate2 or Hugging Face Marian",
         description="Write a run's Transformer as a CTranslate2 model in OUT, with its "
-        "SentencePiece model(s) under OUT/tokenizer. Needs the ctranslate2 package "
-        "(pip install 'attnkit[export]'). --to hf (Hugging Face Marian) is not available: "
-        "Marian models are post-norm and lay their sinusoids out differently.",
+        "SentencePiece model(s) under OUT/tokenizer (needs the ctranslate2 package: pip install "
+        "'attnkit[export]'), or as a Hugging Face Marian directory that MarianMTModel and "
+        "MarianTokenizer load (--to hf; post-norm runs with sinusoidal positions).",
     )
     p.add_argument("run", help="run directory")
     p.add_argument("--to", choices=["ctranslate2", "hf"], required=True, help="target format")
@@ -24,8 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--quantization",
         default="none",
-        help="store the weights as int8, int8_float32, int8_float16, int8_bfloat16, float16 or "
-        "bfloat16 (default: none, float32; CTranslate2 can also convert when it loads)",
+        help="CTranslate2 only: store the weights as int8, int8_float32, int8_float16, "
+        "int8_bfloat16, float16 or bfloat16 (default: none, float32; CTranslate2 can also "
+        "convert when it loads)",
     )
     p.set_defaults(func=run)
 
@@ -33,10 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> None:
     """Export and print where the model went."""
     if args.to == "hf":
-        raise UserError(
-            "export --to hf is not available: Hugging Face Marian models are post-norm with "
-            "their sinusoids laid out in halves; use --to ctranslate2"
-        )
+        from attnkit.interop.hf import export_hf
+
+        if args.quantization != "none":
+            raise UserError("--quantization is for --to ctranslate2; Marian weights stay float32")
+        print(f"wrote {export_hf(args.run, args.out, checkpoint=args.checkpoint)}")
+        return
     from attnkit.interop.ctranslate2 import export_ctranslate2
 
     out = export_ctranslate2(

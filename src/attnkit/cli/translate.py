@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
 
     translator = Translator.from_run(args.run, checkpoint=args.checkpoint, device=args.device)
     runtime.configure(translator.config.run.threads)
-    beam = args.beam or max(translator.options.beam, args.nbest)
+    beam = args.beam if args.beam is not None else max(translator.options.beam, args.nbest)
     options = translator.options.replace(beam=beam, nbest=args.nbest)
     if args.input:
         total = sum(1 for _ in iter_lines(args.input))  # also checks UTF-8 before any output

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import sentencepiece as spm
 
-from attnkit.data.tokenizer import SpecialIds, Tokenizers
+from attnkit.data.vocab import SpecialIds, Tokenizers
 from attnkit.errors import UserError
 
 SOURCE_SPM = "source.spm"

@@ -20,38 +20,28 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
 
 import sentencepiece as spm
 
+from attnkit.data.marian_vocab import is_marian_vocab, load_marian_tokenizers
+from attnkit.data.vocab import (
+    ATTNKIT_IDS,
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    SpecialIds,
+    Tokenizers,
+)
 from attnkit.errors import UserError
 
-PAD_ID = 0
-UNK_ID = 1
-BOS_ID = 2
-EOS_ID = 3
 SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID)  # dropped before decoding; UNK still decodes (to " ⁇ ")
 MODEL_TYPES = ("unigram", "bpe")
 # Fixed rather than os.cpu_count(): unigram training sums its statistics per thread, so the
 # thread count changes the model (Multi30k: 2 vs 16 threads gives 2 different pieces and 16% of
 # sentences segmented differently). More threads than cores costs nothing measurable.
 TRAINING_THREADS = 16
-
-
-class SpecialIds(NamedTuple):
-    """The ids a vocabulary reserves, for the batches, the model and the search: padding,
-    unknown pieces, the token the decoder starts from (`bos`), and the end of a sentence, which
-    also ends every source. A Marian vocabulary has no BOS: its decoder starts from `pad`."""
-
-    pad: int = PAD_ID
-    unk: int = UNK_ID
-    bos: int = BOS_ID
-    eos: int = EOS_ID
-
-
-ATTNKIT_IDS = SpecialIds()  # those of every SentencePiece model attnkit trains or accepts
 
 
 class Tokenizer:
@@ -108,43 +98,8 @@ class Tokenizer:
         return f"Tokenizer({str(self.path)!r}, vocab_size={self.vocab_size})"
 
 
-class TextTokenizer(Protocol):
-    """What the rest of attnkit asks of one side's tokenizer: `Tokenizer` (attnkit's own
-    SentencePiece model) and `marian_vocab.MarianVocabTokenizer` (an imported vocabulary)."""
-
-    path: Path
-
-    @property
-    def vocab_size(self) -> int: ...
-    @property
-    def special_ids(self) -> SpecialIds: ...
-    def encode(self, texts: list[str]) -> list[list[int]]: ...
-    def decode(self, ids: Sequence[Sequence[int]]) -> list[str]: ...
-    def pieces(self, text: str) -> list[str]: ...
-    def id_pieces(self, ids: Sequence[int]) -> list[str]: ...
-    def ids(self, pieces: Sequence[str]) -> list[int]: ...
-
-
-@dataclass(frozen=True)
-class Tokenizers:
-    """The source and target tokenizers of a run; `joint` when both sides share one id space
-    (one SentencePiece model, or Marian's one vocab.json for two SentencePiece models)."""
-
-    src: TextTokenizer
-    tgt: TextTokenizer
-    joint: bool
-
-    @property
-    def special_ids(self) -> SpecialIds:
-        """The ids of both sides (`load_tokenizers` checks that they agree): the batches append
-        `eos` to sources, start targets with `bos`, pad with `pad`."""
-        return self.tgt.special_ids
-
-
 def has_tokenizer(out_dir: str | Path) -> bool:
     """Whether `out_dir` holds a tokenizer `load_tokenizers` recognises (of any layout)."""
-    from attnkit.data.marian_vocab import is_marian_vocab
-
     out_dir = Path(out_dir)
     return (
         (out_dir / "joint.model").is_file()
@@ -156,8 +111,6 @@ def has_tokenizer(out_dir: str | Path) -> bool:
 def load_tokenizers(out_dir: str | Path) -> Tokenizers:
     """Load the tokenizer(s) of a directory: joint.model, or src.model and tgt.model, or
     Marian's source.spm, target.spm and vocab.json (`marian_vocab.load_marian_tokenizers`)."""
-    from attnkit.data.marian_vocab import is_marian_vocab, load_marian_tokenizers
-
     out_dir = Path(out_dir)
     if (out_dir / "joint.model").is_file():
         joint = Tokenizer(out_dir / "joint.model")
@@ -335,3 +288,20 @@ def tokenizers_from_models(
         for name, source in copies.items():
             shutil.copyfile(source, staging / name)
     return load_tokenizers(out_dir)
+
+
+__all__ = [
+    "ATTNKIT_IDS",
+    "BOS_ID",
+    "EOS_ID",
+    "PAD_ID",
+    "UNK_ID",
+    "SpecialIds",
+    "Tokenizer",
+    "Tokenizers",
+    "has_tokenizer",
+    "load_tokenizers",
+    "replacing_dir",
+    "tokenizers_from_models",
+    "train_tokenizers",
+]

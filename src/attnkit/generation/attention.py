@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from attnkit.data.batching import encode_source_batches
-from attnkit.data.tokenizer import BOS_ID
+from attnkit.data.vocab import ATTNKIT_IDS, SpecialIds
 from attnkit.errors import UserError
 from attnkit.models.protocol import Seq2Seq
 
@@ -22,13 +22,13 @@ def teacher_forced_attention(
     src_ids: list[int],
     tokens: list[int],
     device: torch.device,
-    bos_id: int = BOS_ID,
+    ids: SpecialIds = ATTNKIT_IDS,
 ) -> Tensor | None:
     """Teacher-force `tokens` after the start token: the cross-attention (L, H, T+1, S+1) of
     every layer and head, the last row the step that produces the eos and the last column the
     source's eos; None for a model without attention."""
-    _, src, src_mask = encode_source_batches([src_ids], max_tokens=len(src_ids) + 1)[0]
-    tgt_in = torch.tensor([[bos_id, *tokens]], dtype=torch.long)  # (1, T+1)
+    _, src, src_mask = encode_source_batches([src_ids], max_tokens=len(src_ids) + 1, ids=ids)[0]
+    tgt_in = torch.tensor([[ids.bos, *tokens]], dtype=torch.long)  # (1, T+1)
     weights = model.cross_attention(src.to(device), src_mask.to(device), tgt_in.to(device))
     return None if weights is None else weights[:, 0].float().cpu()  # (L, H, T+1, S+1)
 

@@ -37,18 +37,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnkit.config import DecodeConfig
+from attnkit.config import MAX_BEAM, RANGES, Bound, DecodeConfig
+from attnkit.data.vocab import ATTNKIT_IDS, SpecialIds
 from attnkit.errors import UserError
 from attnkit.models.protocol import Memory, Seq2Seq
 
 NEG_INF = float("-inf")
-MAX_BEAM = 128  # the widest beam any command or request may ask for
+# Options that are also keys of the `decode` section, with the same ranges (`config.RANGES`).
+SHARED_WITH_CONFIG = ("beam", "length_penalty", "max_len_a", "max_len_b", "min_len",
+                      "no_repeat_ngram")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class SearchOptions:
     """How to search: one frozen value passed from the config or the command line to every
-    search function. Out-of-range values are a UserError naming the option.
+    search function. Out-of-range values are a UserError naming the option (beam at most
+    MAX_BEAM, n-best at most the beam, ...).
 
     `beam` and `nbest` are for beam search (`beam=1` is greedy search); `temperature`, `top_k`
     and `top_p` for sampling; the length rules, `no_repeat_ngram` and `length_penalty` (GNMT's
@@ -67,21 +71,15 @@ class SearchOptions:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        checks = [
-            ("beam", 1 <= self.beam <= MAX_BEAM, f"an integer from 1 to {MAX_BEAM}"),
-            ("nbest", 1 <= self.nbest <= self.beam, f"from 1 to the beam ({self.beam})"),
-            ("length_penalty", abs(self.length_penalty) <= 10, "from -10 to 10"),
-            ("max_len_a", 0 <= self.max_len_a <= 10, "from 0 to 10"),
-            ("max_len_b", 0 <= self.max_len_b <= 10_000, "from 0 to 10000"),
-            ("min_len", 0 <= self.min_len <= 10_000, "from 0 to 10000"),
-            ("no_repeat_ngram", 0 <= self.no_repeat_ngram <= 100, "from 0 (off) to 100"),
-            ("temperature", 0 < self.temperature <= 100, "above 0, at most 100"),
-            ("top_k", self.top_k >= 0, "0 (off) or more"),
-            ("top_p", 0 < self.top_p <= 1, "above 0, at most 1"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:  # NaN fails every comparison, so it lands here too
-                raise UserError(f"{name} must be {expected}, got {getattr(self, name)}")
+        bounds = {name: RANGES[f"decode.{name}"] for name in SHARED_WITH_CONFIG} | {
+            "nbest": Bound(1, self.beam),
+            "temperature": Bound(0, 100, low_open=True),
+            "top_k": Bound(0),
+            "top_p": Bound(0, 1, low_open=True),
+        }
+        for name, bound in bounds.items():
+            if not bound.holds(getattr(self, name)):
+                raise UserError(f"{name} must be {bound.describe()}, got {getattr(self, name)}")
 
     @classmethod
     def from_config(cls, decode: DecodeConfig, **overrides: object) -> SearchOptions:
@@ -103,18 +101,6 @@ class Hypothesis(NamedTuple):
     score: float
     log_prob: float
     attention: Tensor | None
-
-
-class SpecialIds(NamedTuple):
-    """The target vocabulary's ids that search treats specially: decoding starts from `bos`
-    (the decoder's start token), ends with `eos`, and never emits `pad`."""
-
-    bos: int = 2
-    eos: int = 3
-    pad: int = 0
-
-
-ATTNKIT_IDS = SpecialIds()  # those of the SentencePiece models attnkit trains
 
 
 def gnmt_length_penalty(length: int, alpha: float) -> float:

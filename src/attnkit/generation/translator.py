@@ -49,6 +49,7 @@ class Translator:
         self.model, self.tokenizers, self.config, self.device = model, tokenizers, config, device
         self.max_len = config.data.max_len
         self.options = SearchOptions.from_config(config.decode)  # the run's own search settings
+        self.ids = tokenizers.special_ids
         self.truncated = 0  # input lines cut to max_len so far (data.truncate_source)
 
     @classmethod
@@ -128,15 +129,19 @@ class Translator:
             torch.inference_mode(),
             runtime.autocast_for(self.device, self.config.decode.precision),
         ):
-            for indices, src, src_mask in encode_source_batches(pieces, max_tokens=budget):
+            for indices, src, src_mask in encode_source_batches(
+                pieces, max_tokens=budget, ids=self.ids
+            ):
                 src, src_mask = src.to(self.device), src_mask.to(self.device)
                 if options.beam == 1:
                     found = [[h] for h in greedy_search(self.model, src, src_mask, options,
-                                                        need_attention=need_attention)]  # fmt: skip
+                                                        need_attention=need_attention,
+                                                        ids=self.ids)]  # fmt: skip
                 else:
                     found = beam_search(
-                        self.model, src, src_mask, options, need_attention=need_attention
-                    )
+                        self.model, src, src_mask, options, need_attention=need_attention,
+                        ids=self.ids,
+                    )  # fmt: skip
                 for index, hyps in zip(indices.tolist(), found, strict=True):
                     texts = self.tokenizers.tgt.decode([h.tokens for h in hyps])
                     out[index] = [
@@ -150,7 +155,7 @@ class Translator:
         forced: every layer and head, the last row the step that produced the eos and the last
         column the source's eos; None for a model without attention."""
         src_ids = self.tokenizers.src.encode([text])[0][: self.max_len]
-        return teacher_forced_attention(self.model, src_ids, tokens, self.device)
+        return teacher_forced_attention(self.model, src_ids, tokens, self.device, self.ids)
 
     def translate_text(
         self, lines: list[str], options: SearchOptions | None = None, **keywords

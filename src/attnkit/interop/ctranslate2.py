@@ -2,10 +2,11 @@
 
 CTranslate2 is an inference engine for Transformers (C++, with int8 CPU and fp16/bf16 GPU
 kernels). Its `TransformerSpec` describes attnkit's Transformer exactly: pre- or post-norm,
-embeddings scaled by sqrt(D) plus a position table (sinusoidal or learned, handed over as it
-is), fused query/key/value projections laid out as PyTorch lays them out, ReLU feed-forward
-networks, and a bias-free output projection. The source gets EOS appended (as attnkit's
-encoder input does) and decoding starts from BOS.
+embeddings scaled by sqrt(D) or not, plus a position table (sinusoidal in either layout, or
+learned, handed over as it is), fused query/key/value projections laid out as PyTorch lays them
+out, ReLU, GELU or SiLU feed-forward networks, and the output projection with its bias when it
+has one (an imported Marian model's). The source gets EOS appended (as attnkit's encoder input
+does) and decoding starts from the vocabulary's start token (BOS; Marian's pad).
 
 OUT holds the CTranslate2 model (`model.bin`, `config.json`, the vocabularies as SentencePiece
 pieces) and the run's SentencePiece model(s) under `tokenizer/`, to split text into pieces and
@@ -28,7 +29,7 @@ from attnkit.runs.load import load_run
 
 QUANTIZATIONS = ("none", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "float16",
                  "bfloat16")  # fmt: skip
-LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which attnkit's layers use
+ACTIVATIONS = {"relu": "RELU", "gelu": "GELU", "swish": "SWISH"}  # attnkit's -> CTranslate2's
 
 
 def export_ctranslate2(
@@ -59,16 +60,22 @@ def export_ctranslate2(
 def transformer_spec(model: Transformer, tokenizers: Tokenizers, max_len: int):
     """CTranslate2's `TransformerSpec` filled with `model`'s weights and the vocabularies of
     `tokenizers`; positions for sources up to `max_len` tokens (see `_position_table`)."""
-    from ctranslate2.specs import transformer_spec
+    from ctranslate2.specs import common_spec, transformer_spec
 
-    pre_norm = model.encoder.layers[0].self_attention_block.pre_norm
+    first = model.encoder.layers[0]
+    pre_norm = first.self_attention_block.pre_norm
     spec = transformer_spec.TransformerSpec.from_config(
         (len(model.encoder.layers), len(model.decoder.layers)),
-        model.encoder.layers[0].self_attention.n_heads,
+        first.self_attention.n_heads,
         pre_norm=pre_norm,
+        activation=getattr(common_spec.Activation, ACTIVATIONS[first.feed_forward.activation_name]),
     )
-    spec.config.layer_norm_epsilon = LAYER_NORM_EPS
+    spec.config.layer_norm_epsilon = first.self_attention_block.norm.eps
     spec.config.add_source_eos = True  # attnkit's encoder reads the source followed by EOS
+    ids, target = tokenizers.special_ids, tokenizers.tgt
+    bos, eos, unk = target.id_pieces([ids.bos, ids.eos, ids.unk])
+    spec.config.bos_token, spec.config.eos_token, spec.config.unk_token = bos, eos, unk
+    spec.config.decoder_start_token = bos  # Marian's decoder starts from its pad piece
     for side, embedding, positions in (
         (spec.encoder, model.source_embedding, model.source_positions),
         (spec.decoder, model.target_embedding, model.target_positions),
@@ -77,7 +84,7 @@ def transformer_spec(model: Transformer, tokenizers: Tokenizers, max_len: int):
         (embeddings[0] if isinstance(embeddings, list) else embeddings).weight = _array(
             embedding.weight
         )
-        side.scale_embeddings = True  # x sqrt(D), as attnkit's embedding_scale
+        side.scale_embeddings = model.embedding_scale != 1.0  # x sqrt(D), or not (Marian)
         side.position_encodings.encodings = _array(_position_table(positions, max_len))
     for layer_spec, layer in zip(spec.encoder.layer, model.encoder.layers, strict=True):
         _set_attention(layer_spec.self_attention, layer.self_attention, layer.self_attention_block)
@@ -91,7 +98,9 @@ def transformer_spec(model: Transformer, tokenizers: Tokenizers, max_len: int):
     if pre_norm:
         _set_norm(spec.encoder.layer_norm, model.encoder.final_norm)
         _set_norm(spec.decoder.layer_norm, model.decoder.final_norm)
-    spec.decoder.projection.weight = _array(model.output_projection.weight)
+    _set_linear(
+        spec.decoder.projection, model.output_projection.weight, model.output_projection.bias
+    )
     spec.register_source_vocabulary(_pieces(tokenizers.src))
     spec.register_target_vocabulary(_pieces(tokenizers.tgt))
     spec.validate()

@@ -39,7 +39,7 @@ from attnkit.data.marian_vocab import MarianVocabTokenizer, load_marian_tokenize
 from attnkit.data.tokenizer import Tokenizers, replacing_dir
 from attnkit.errors import UserError
 from attnkit.interop import hf_config, hf_weights
-from attnkit.models.build import as_transformer, build_model
+from attnkit.models.build import as_transformer, build_model, require_transformer
 from attnkit.models.transformer import TRANSFORMER_PRESETS
 from attnkit.runs.checkpoint import save_checkpoint
 from attnkit.runs.directory import CHECKPOINTS_DIR, CONFIG_FILE, TOKENIZER_DIR, check_run_dir
@@ -209,7 +209,9 @@ def export_hf(run_dir: str | Path, out: str | Path, *, checkpoint: str = "best")
     if out.exists() and not (out / hf_config.CONFIG).is_file():
         raise UserError(f"{out} exists and is not a Hugging Face model: choose a new folder")
     check_run_dir(run_dir)
-    refusals = hf_config.export_refusals(config_lib.load(run_dir / CONFIG_FILE).model)
+    saved = config_lib.load(run_dir / CONFIG_FILE).model
+    require_transformer(saved, "export --to hf")
+    refusals = hf_config.export_refusals(saved)
     if refusals:  # before any weights are read
         raise UserError(f"export --to hf: Marian cannot express {'; '.join(refusals)}")
     run = load_run(run_dir, checkpoint=checkpoint, device="cpu")

@@ -186,8 +186,6 @@ def export_refusals(model: ModelConfig) -> list[str]:
     """The settings of a model that Marian cannot express, each with the reason; empty when it
     exports."""
     refusals = []
-    if model.arch != "transformer":
-        refusals.append(f"model.arch={model.arch} (Marian is a Transformer)")
     if model.norm != "post":
         refusals.append(f"model.norm={model.norm} (Marian is post-norm only)")
     if model.positions != "sinusoidal":

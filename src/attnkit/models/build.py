@@ -14,7 +14,7 @@ from torch import nn
 from attnkit.config import ModelConfig
 from attnkit.errors import UserError
 from attnkit.models.attention import LUONG_SCORES
-from attnkit.models.rnn import ATTENTIONS, CELLS, RNN_PRESETS, RecurrentSeq2Seq
+from attnkit.models.rnn import ATTENTIONS, CELLS, RNN_PRESETS, RecurrentSeq2Seq, RecurrentSize
 from attnkit.models.transformer import (
     ACTIVATIONS,
     NORMS,
@@ -22,6 +22,7 @@ from attnkit.models.transformer import (
     SINUSOID_LAYOUTS,
     TRANSFORMER_PRESETS,
     Transformer,
+    TransformerSize,
 )
 
 
@@ -42,10 +43,8 @@ def _size(presets: dict, cfg: ModelConfig):
     return dataclasses.replace(size, **overrides)
 
 
-def build_transformer(
-    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool, pad_id: int = 0
-) -> nn.Module:
-    """The encoder-decoder Transformer at the preset size, with any size key overridden."""
+def transformer_size(cfg: ModelConfig) -> TransformerSize:
+    """The Transformer's size after checking every Transformer key of `cfg`."""
     _choice("model.norm", cfg.norm, NORMS)
     _choice("model.positions", cfg.positions, POSITIONS)
     _choice("model.sinusoids", cfg.sinusoids, SINUSOID_LAYOUTS)
@@ -55,6 +54,14 @@ def build_transformer(
         raise UserError(
             f"model.d_model ({size.d_model}) must be divisible by model.n_heads ({size.n_heads})"
         )
+    return size
+
+
+def build_transformer(
+    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool, pad_id: int = 0
+) -> nn.Module:
+    """The encoder-decoder Transformer at the preset size, with any size key overridden."""
+    size = transformer_size(cfg)
     return Transformer(
         src_vocab=src_vocab,
         tgt_vocab=tgt_vocab,
@@ -76,10 +83,8 @@ def build_transformer(
     )
 
 
-def build_rnn(
-    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool, pad_id: int = 0
-) -> nn.Module:
-    """The recurrent encoder-decoder at the preset size, with any size key overridden.
+def recurrent_size(cfg: ModelConfig) -> RecurrentSize:
+    """The recurrent model's size after checking every recurrent key of `cfg`.
 
     `n_heads`, `d_ff` and the Transformer's other keys are ignored here, so that one recipe can
     switch `model.arch` on the command line.
@@ -94,7 +99,14 @@ def build_rnn(
             "model.attention_score: dot needs encoder states as wide as the decoder's; "
             "set model.bidirectional=false or use general or concat"
         )
-    size = _size(RNN_PRESETS, cfg)
+    return _size(RNN_PRESETS, cfg)
+
+
+def build_rnn(
+    cfg: ModelConfig, *, src_vocab: int, tgt_vocab: int, joint_vocab: bool, pad_id: int = 0
+) -> nn.Module:
+    """The recurrent encoder-decoder at the preset size, with any size key overridden."""
+    size = recurrent_size(cfg)
     return RecurrentSeq2Seq(
         src_vocab=src_vocab,
         tgt_vocab=tgt_vocab,
@@ -117,6 +129,17 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "transformer": build_transformer,
     "rnn": build_rnn,
 }
+SIZES: dict[str, Callable[[ModelConfig], object]] = {
+    "transformer": transformer_size,
+    "rnn": recurrent_size,
+}
+
+
+def check_model_config(cfg: ModelConfig) -> None:
+    """Every model key of `cfg` checked as `build_model` would, without building anything: a
+    UserError naming the first wrong one."""
+    _choice("model.arch", cfg.arch, list(BUILDERS))
+    SIZES[cfg.arch](cfg)
 
 
 def build_model(
@@ -157,6 +180,13 @@ def sequential_steps(cfg: ModelConfig, length: int) -> int:
     2017, Table 1): a recurrent layer steps through every position, self-attention is one
     batched computation whatever the length."""
     return 1 if cfg.arch == "transformer" else length
+
+
+def require_transformer(cfg: ModelConfig, purpose: str) -> None:
+    """A UserError unless `cfg` describes the Transformer: for exporters, before they build
+    or load anything (`purpose` names the command, such as "export --to hf")."""
+    if cfg.arch != "transformer":
+        raise UserError(f"{purpose} takes a Transformer; this run holds a recurrent model")
 
 
 def as_transformer(model: nn.Module, purpose: str) -> Transformer:

@@ -24,10 +24,12 @@ from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from attnkit.errors import UserError
+from attnkit.files import os_error
 
 WEIGHTS = "model.safetensors"
 TRAIN_STATE = "train_state.pt"
 INFO = "info.json"
+FULL_DISK_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
 STEP_NAME = re.compile(r"step-(\d+)")  # checkpoints/step-0001500: weights after step 1500
 
 
@@ -72,18 +74,43 @@ def _replace_directory(directory: Path, write: Callable[[Path], None], info: dic
         directory.with_name(directory.name + ".old"),
     )
     shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    write(new)
-    (new / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    for path in new.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
+    try:
+        new.mkdir(parents=True)
+        write(new)
+        (new / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        for path in new.iterdir():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    except (OSError, RuntimeError, SafetensorError) as error:
+        # torch.save and safetensors report a full disk as their own errors, not OSError
+        shutil.rmtree(new, ignore_errors=True)
+        raise write_error(error, directory) from None
     shutil.rmtree(old, ignore_errors=True)
     if directory.exists():
         directory.rename(old)
     new.rename(directory)
     _fsync_dir(directory.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_error(error: Exception, directory: Path) -> UserError:
+    """One line for a checkpoint that could not be written: the reason an OSError gives, "no
+    space left" when the disk is full whatever the library said, else the library's first
+    line."""
+    if isinstance(error, OSError):
+        return os_error(error, directory, "write the checkpoint")
+    try:
+        full = shutil.disk_usage(directory.parent).free < FULL_DISK_BYTES
+    except OSError:
+        full = False
+    reason = "no space left on the device" if full else first_line(error)
+    return UserError(f"cannot write the checkpoint {directory}: {reason}")
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def step_checkpoints(checkpoints: Path) -> list[Path]:
@@ -126,10 +153,7 @@ def load_weights(directory: Path, model: nn.Module) -> None:
     try:
         missing, unexpected = load_model(model, str(path), strict=False)
     except (SafetensorError, RuntimeError, OSError) as error:
-        first_line = (
-            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        )
-        raise UserError(f"{path}: incompatible checkpoint ({first_line})") from None
+        raise UserError(f"{path}: incompatible checkpoint ({first_line(error)})") from None
     if missing or unexpected:
         names = ", ".join(list(missing)[:3] + list(unexpected)[:3])
         raise UserError(f"{path}: incompatible checkpoint (parameters that do not match: {names})")

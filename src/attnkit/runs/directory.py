@@ -9,11 +9,14 @@ RUN/metrics.jsonl        one JSON event a line; RUN/tensorboard/ the same for Te
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from attnkit import config as config_lib
 from attnkit.config import Config
 from attnkit.errors import UserError
+from attnkit.files import os_error
+from attnkit.runs.checkpoint import find_checkpoint
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -28,8 +31,41 @@ def check_run_dir(run_dir: Path) -> None:
         raise UserError(f"{run_dir} is not an attnkit run directory (no {CONFIG_FILE})")
 
 
+def has_started(run_dir: Path) -> bool:
+    """Whether a run has saved its first checkpoint: from then on its config is fixed."""
+    return find_checkpoint(run_dir / CHECKPOINTS_DIR / "last") is not None
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Create the run directory (and its parents), or a UserError saying why it cannot be."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run.dir {run_dir} is a file, not a folder; choose another run.dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".attnkit-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise os_error(error, run_dir, "create the run directory") from None
+
+
+def forget_unstarted(run_dir: Path, cfg: Config) -> None:
+    """A run that never reached its first checkpoint locks nothing: when its data settings
+    changed, the tokenizer made for the old ones is removed, to be made again."""
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file():
+        return
+    try:
+        saved = config_lib.load(saved_path)
+    except UserError:  # written by an older or broken start: nothing in it to keep
+        saved = None
+    if saved is None or saved.data != cfg.data:
+        shutil.rmtree(run_dir / TOKENIZER_DIR, ignore_errors=True)
+
+
 def check_compatible(run_dir: Path, cfg: Config) -> None:
-    """A run directory may only be resumed with the data and model it was started with."""
+    """A run directory that has a checkpoint may only be resumed with the data and model it was
+    started with."""
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.is_file():
         return

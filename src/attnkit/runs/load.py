@@ -73,6 +73,7 @@ def load_run(
         src_vocab=tokenizers.src.vocab_size,
         tgt_vocab=tokenizers.tgt.vocab_size,
         joint_vocab=cfg.data.joint_vocab,
+        pad_id=tokenizers.special_ids.pad,
     )
     load_weights(found, model)
     model.to(target).eval()

@@ -1,8 +1,8 @@
 """Dynamic batching: the sentences of concurrent requests decoded together, on one worker thread.
 
-A request hands its sentences to `Batcher.submit` and awaits them; one worker thread (PyTorch is
-not async, and one decode already uses every intra-op thread it is given) takes batches from the
-queue, decodes each with one call, and resolves the waiting asyncio futures. The rules:
+A request hands its sentences to `Batcher.submit` and awaits them; the model thread
+(`model_thread.py`) takes batches from the queue, decodes each with one call, and resolves the
+waiting asyncio futures. The rules:
 
 - Waiting. A batch waits at most `max_wait_s` for company: the worker starts one when the
   request of its anchor (below) has waited that long since it arrived, and the worker has been
@@ -37,8 +37,11 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Hashable, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from attnkit.serving.model_thread import ModelThread
 
 Payload = TypeVar("Payload")
 Result = TypeVar("Result")
@@ -104,24 +107,27 @@ class Batcher(Generic[Payload, Result]):
         max_tokens: int,
         max_wait_s: float,
         max_pending: int,
+        thread: ModelThread | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.decode, self.clock = decode, clock
+        self.thread = thread or ModelThread()
         self.max_tokens, self.max_wait_s, self.max_pending = max_tokens, max_wait_s, max_pending
         self.stats = BatchStats()
         self._pending: list[_Job] = []
         self._condition = threading.Condition()
         self._closed = False
         self._order = itertools.count()
-        self._thread: threading.Thread | None = None
+        self._running: futures.Future[None] | None = None
         self._free_since = 0.0  # when the worker finished its last batch (clock())
 
     def start(self) -> None:
-        """Start the worker thread (again, after `close`)."""
+        """Start deciding and decoding batches on the model thread (again, after `close`)."""
         with self._condition:
+            if self._running is not None and not self._running.done():
+                return
             self._closed = False
-        self._thread = threading.Thread(target=self._work, name="attnkit-decoder", daemon=True)
-        self._thread.start()
+        self._running = self.thread.submit(self._work)
 
     def close(self, timeout: float | None = None) -> None:
         """Stop taking work, let the batch being decoded finish, fail the sentences still
@@ -129,8 +135,9 @@ class Batcher(Generic[Payload, Result]):
         with self._condition:
             self._closed = True
             self._condition.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._running is not None:
+            with contextlib.suppress(futures.TimeoutError):
+                self._running.result(timeout)
 
     @property
     def pending(self) -> int:

@@ -70,7 +70,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     """Load the runs and serve until interrupted."""
-    from attnkit import runtime
     from attnkit.serving.limits import Limits
     from attnkit.serving.server import make_server
 
@@ -91,8 +90,8 @@ def run(args: argparse.Namespace) -> None:
         limits=limits,
         batch_tokens=args.batch_tokens,
         max_wait_ms=args.max_wait_ms,
+        configure=True,
     )
-    runtime.configure(server.service.default.translator.config.run.threads)
     host, port = server.address
     names = ", ".join(server.service.models)
     print(f"serving {names} on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)

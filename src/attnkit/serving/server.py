@@ -19,10 +19,12 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from attnkit import runtime
 from attnkit.errors import UserError
 from attnkit.serving.app import create_app
 from attnkit.serving.catalog import load_models
 from attnkit.serving.limits import Limits
+from attnkit.serving.model_thread import ModelThread
 from attnkit.serving.service import TranslationService
 
 GRACEFUL_S = 10  # seconds requests in flight get to finish at shutdown
@@ -131,18 +133,24 @@ def make_server(
     batch_tokens: int = 4096,
     max_wait_ms: float = 5.0,
     log: Callable[[str], None] | None = stderr_line,
+    configure: bool = False,
 ) -> Server:
-    """Bind host:port, load the runs (the first is the default model), and make the server;
-    `serve_forever` or `start` runs it. `log` takes the line of each request (None: quiet)."""
+    """Bind host:port, load the runs (the first is the default model) on the model thread, and
+    make the server; `serve_forever` or `start` runs it. `log` takes the line of each request
+    (None: quiet); `configure` applies the process settings of attnkit's commands
+    (`runtime.configure`, with the first run's `run.threads`) on the model thread."""
     if batch_tokens < 1:
         raise UserError(f"--batch-tokens must be positive, got {batch_tokens}")
     if max_wait_ms < 0:
         raise UserError(f"--max-wait-ms must be 0 or more, got {max_wait_ms}")
     sock = bind(host, port)
+    thread = ModelThread()
     try:
-        models = load_models(runs, checkpoint=checkpoint, device=device)
+        models = thread.call(load_models, runs, checkpoint=checkpoint, device=device)
+        if configure:
+            thread.call(runtime.configure, models[0].translator.config.run.threads)
         service = TranslationService(
-            models, limits, batch_tokens=batch_tokens, max_wait_s=max_wait_ms / 1000
+            models, limits, batch_tokens=batch_tokens, max_wait_s=max_wait_ms / 1000, thread=thread
         )
         return Server(service, sock, log=log)
     except BaseException:

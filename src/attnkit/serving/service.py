@@ -18,6 +18,7 @@ from attnkit.serving.attention import attention_map
 from attnkit.serving.batcher import Batcher, DecodeFailed, QueueFull, ShuttingDown
 from attnkit.serving.catalog import ServedModel
 from attnkit.serving.limits import Limits
+from attnkit.serving.model_thread import ModelThread
 from attnkit.serving.schemas import AttentionMap, Hypothesis, TranslateRequest, TranslateResponse
 
 
@@ -70,6 +71,7 @@ class TranslationService:
         *,
         batch_tokens: int = 4096,
         max_wait_s: float = 0.005,
+        thread: ModelThread | None = None,
     ) -> None:
         self.models = {model.name: model for model in models}
         self.default = models[0]
@@ -79,6 +81,7 @@ class TranslationService:
             max_tokens=batch_tokens,
             max_wait_s=max_wait_s,
             max_pending=limits.max_pending,
+            thread=thread,
         )
 
     async def translate(self, request: TranslateRequest) -> TranslateResponse:

@@ -21,7 +21,7 @@ class Batches:
 
     def __init__(self, run: PreparedRun, progress: Progress, workers: Workers) -> None:
         self.corpus, self.cfg, self.progress = run.train, run.config, progress
-        self.workers = workers
+        self.workers, self.ids = workers, run.tokenizers.special_ids
         self.src_lengths, self.tgt_lengths = self.corpus.src_lengths(), self.corpus.tgt_lengths()
         self.epoch_batches = self._plan(progress.epoch)
 
@@ -57,5 +57,5 @@ class Batches:
         for indices in plan:
             mine = self.workers.share(indices)
             weight, mine = (1.0, mine) if len(mine) else (0.0, indices[:1])
-            parts.append((collate(self.corpus, mine).to(device), weight))
+            parts.append((collate(self.corpus, mine, ids=self.ids).to(device), weight))
         return parts, n_tokens

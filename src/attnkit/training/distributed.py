@@ -94,11 +94,15 @@ class Workers:
     def from_main(self, value: float) -> float:
         """Worker 0's `value` on every worker, so that they take the same decisions (stopping on
         time or patience) together."""
+        return self.all_from_main(value)[0]
+
+    def all_from_main(self, *values: float) -> list[float]:
+        """Worker 0's `values` on every worker, in one message."""
         if not self.group:
-            return value
-        tensor = torch.tensor([value], dtype=torch.float64, device=self._comm_device())
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.float64, device=self._comm_device())
         dist.broadcast(tensor, src=0)
-        return tensor.item()
+        return tensor.tolist()
 
     def gather(self, value: T) -> list[T]:
         """Every worker's `value` (any picklable object), in rank order, on every worker."""

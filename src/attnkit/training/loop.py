@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from attnkit import runtime
 from attnkit.config import Config
-from attnkit.console import log
-from attnkit.errors import UserError
+from attnkit.console import log, warn
+from attnkit.errors import Stopped, UserError
 from attnkit.models.build import build_model
 from attnkit.runs.checkpoint import (
     find_checkpoint,
@@ -28,13 +28,14 @@ from attnkit.runs.checkpoint import (
     save_checkpoint,
     save_step_checkpoint,
 )
-from attnkit.training import distributed
+from attnkit.training import budget, distributed
 from attnkit.training.batches import Batches
 from attnkit.training.distributed import Workers
 from attnkit.training.loss import batch_loss
 from attnkit.training.prepare import PreparedRun, prepare_run
 from attnkit.training.progress import EventLog, Progress, TrainingBar, truncate_metrics
 from attnkit.training.schedule import adam, learning_rate
+from attnkit.training.signals import StopSignals, signal_name
 from attnkit.training.validate import better, validate
 
 
@@ -140,7 +141,7 @@ class StepResult:
     nll_sum: float
     n_tokens: int
     lr: float
-    grad_norm: float
+    grad_norm: float  # non-finite when the update was skipped
 
 
 def _start(cfg: Config, workers: Workers, device: torch.device) -> Session:
@@ -151,7 +152,11 @@ def _start(cfg: Config, workers: Workers, device: torch.device) -> Session:
     torch.manual_seed(cfg.run.seed)
     src_vocab, tgt_vocab = run.tokenizers.src.vocab_size, run.tokenizers.tgt.vocab_size
     model = build_model(
-        cfg.model, src_vocab=src_vocab, tgt_vocab=tgt_vocab, joint_vocab=cfg.data.joint_vocab
+        cfg.model,
+        src_vocab=src_vocab,
+        tgt_vocab=tgt_vocab,
+        joint_vocab=cfg.data.joint_vocab,
+        pad_id=run.tokenizers.special_ids.pad,
     ).to(device)
     optimizer = adam(model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
     progress = _restore(run, model, optimizer, workers)
@@ -176,7 +181,11 @@ def _step(s: Session) -> StepResult:
     """One optimizer step on this worker's share of the next `accum_steps` batches."""
     t = s.run.config.train
     lr = learning_rate(
-        s.progress.step + 1, lr=t.lr, warmup=t.warmup, schedule=t.schedule, max_steps=t.max_steps
+        s.progress.step + 1,
+        lr=t.lr,
+        warmup=t.warmup,
+        schedule=t.schedule,
+        max_steps=s.progress.planned_steps or t.max_steps,
     )
     for group in s.optimizer.param_groups:
         group["lr"] = lr
@@ -192,7 +201,9 @@ def _step(s: Session) -> StepResult:
             (loss * (weight * scale)).backward()
         loss_sum, nll_sum = loss_sum + weight * loss.item(), nll_sum + weight * nll.item()
     grad_norm = torch.nn.utils.clip_grad_norm_(s.model.parameters(), t.clip_norm or float("inf"))
-    s.optimizer.step()
+    # The norm is of the gradients DDP averaged, the same on every worker: all skip together.
+    if torch.isfinite(grad_norm):
+        s.optimizer.step()
     s.optimizer.zero_grad(set_to_none=True)
     return StepResult(loss_sum, nll_sum, n_tokens, lr, float(grad_norm))
 
@@ -227,36 +238,144 @@ def _checkpoint(s: Session) -> bool:
     return bool(s.workers.from_main(float(patience_ran_out)))
 
 
+def _save(s: Session) -> None:
+    """Save the last checkpoint without validating (worker 0; every worker gives its RNG)."""
+    rng = s.workers.gather(_rng_state())
+    if s.workers.main:
+        _save_last(s.run, s.model, s.optimizer, s.progress, rng)
+
+
+def _skipped(s: Session, step: StepResult, in_a_row: int) -> None:
+    """Record an update skipped for a non-finite gradient; too many in a row stop the run."""
+    t, progress = s.run.config.train, s.progress
+    progress.skipped_steps += 1
+    if s.events is not None:
+        s.events("skip", progress.step, grad_norm=step.grad_norm, in_a_row=in_a_row,
+                 skipped=progress.skipped_steps)  # fmt: skip
+    warn(f"step {progress.step}: non-finite loss or gradient, update skipped ({in_a_row} in a row)")
+    if in_a_row >= t.max_bad_steps:
+        raise UserError(
+            f"training diverged: {in_a_row} updates in a row had a non-finite loss or gradient "
+            f"(train.max_bad_steps); try a lower train.lr, a longer train.warmup, train.clip_norm "
+            "above 0, or train.precision=fp32"
+        )
+
+
+def _plan_budget(s: Session, step_seconds: float) -> None:
+    """Under a time budget, at the end of warm-up: validate (timing it), then fix the step where
+    the schedule ends (`training/budget.py`)."""
+    t, progress = s.run.config.train, s.progress
+    before = time.monotonic()
+    _checkpoint(s)
+    found = budget.plan(
+        step=progress.step,
+        elapsed=progress.elapsed + time.monotonic() - before,
+        step_seconds=step_seconds,
+        validation_seconds=time.monotonic() - before,
+        budget_seconds=t.max_minutes * 60,
+        valid_every=t.valid_every,
+        max_steps=t.max_steps,
+    )
+    progress.planned_steps = int(s.workers.from_main(found.steps))
+    log(found.describe(t.max_minutes, t.max_steps))
+
+
+@dataclass
+class Clock:
+    """The loop's clocks: training time (summed over resumed sessions, worker 0's for all), the
+    logging window, the last save, and where step timing for a budget plan starts."""
+
+    elapsed_before: float
+    started: float = field(default_factory=time.monotonic)
+    window_start: float = field(default_factory=time.monotonic)
+    window_tokens: int = 0
+    last_save: float = field(default_factory=time.monotonic)
+    timing_from: tuple[int, float] | None = None  # (step, elapsed) after the first step
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def saved(self) -> None:
+        """A checkpoint was just written: the save timer and the speed window restart."""
+        self.last_save = self.window_start = time.monotonic()
+
+
 def _train(cfg: Config, workers: Workers, device: torch.device) -> TrainResult:
     s = _start(cfg, workers, device)
-    t, progress = cfg.train, s.progress
-    started = window_start = time.monotonic()
-    elapsed_before, window_tokens, stopped_by = progress.elapsed, 0, "max_steps"
     s.model.train()
-    while progress.step < t.max_steps:
+    try:
+        with StopSignals() as signals:
+            stopped_by = _loop(s, Clock(s.progress.elapsed), signals)
+    finally:
+        s.bar.close()
+        if s.events is not None:
+            s.events.close()
+    log(f"stopped at step {s.progress.step} ({stopped_by}); run directory: {s.run.dir}")
+    return TrainResult(s.run.dir, s.progress.step, s.progress.best_score, stopped_by)
+
+
+def _loop(s: Session, clock: Clock, signals: StopSignals) -> str:
+    """Train until the schedule's last step, the time budget or patience; return which."""
+    t, progress, bad_in_a_row = s.run.config.train, s.progress, 0
+    while progress.step < (progress.planned_steps or t.max_steps):
         step = _step(s)
         progress.step += 1
-        # Worker 0's clock decides for all, so that they stop on time together.
-        progress.elapsed = workers.from_main(elapsed_before + time.monotonic() - started)
-        window_tokens += step.n_tokens
+        bad_in_a_row = 0 if math.isfinite(step.grad_norm) else bad_in_a_row + 1
+        if bad_in_a_row:
+            _skipped(s, step, bad_in_a_row)
+        save_due = t.save_every_minutes is not None and (
+            time.monotonic() - clock.last_save >= t.save_every_minutes * 60
+        )
+        # Worker 0's clock and signals decide for all, so that they stop together.
+        progress.elapsed, stop, save_due = s.workers.all_from_main(
+            clock.elapsed(), float(signals.received or 0), float(save_due)
+        )
+        clock.timing_from = clock.timing_from or (progress.step, progress.elapsed)
+        clock.window_tokens += step.n_tokens
         s.bar.update(progress)
         if progress.step % t.log_every == 0 or progress.step == 1:
-            _report(s, step, window_tokens / max(time.monotonic() - window_start, 1e-9))
-            window_tokens, window_start = 0, time.monotonic()
+            _report(s, step, clock.window_tokens / max(time.monotonic() - clock.window_start, 1e-9))
+            clock.window_tokens, clock.window_start = 0, time.monotonic()
+        if stop:
+            _save(s)
+            raise Stopped(
+                f"stopped by {signal_name(int(stop))} at step {progress.step}; the last "
+                f"checkpoint is saved in {s.run.dir}: run the same command to resume",
+                128 + int(stop),
+            )
         out_of_time = t.max_minutes is not None and progress.elapsed >= t.max_minutes * 60
-        if progress.step % t.valid_every == 0 or progress.step == t.max_steps or out_of_time:
+        if _plan_due(s, clock, out_of_time):
+            first, at = clock.timing_from
+            _plan_budget(s, (progress.elapsed - at) / (progress.step - first))
+        elif (
+            progress.step % t.valid_every == 0
+            or progress.step == (progress.planned_steps or t.max_steps)
+            or out_of_time
+        ):
             if _checkpoint(s):
-                stopped_by = "patience"
-                break
-            window_start = time.monotonic()
+                return "patience"
+        elif save_due:
+            _save(s)
+        else:
+            continue
+        clock.saved()
         if out_of_time:
-            stopped_by = "max_minutes"
-            break
-    s.bar.close()
-    if s.events is not None:
-        s.events.close()
-    log(f"stopped at step {progress.step} ({stopped_by}); run directory: {s.run.dir}")
-    return TrainResult(s.run.dir, progress.step, progress.best_score, stopped_by)
+            return "max_minutes"
+    return "max_steps"
+
+
+def _plan_due(s: Session, clock: Clock, out_of_time: bool) -> bool:
+    """Whether to fix the time budget's plan now: under a budget, not yet planned, at the end
+    of warm-up, with at least one timed step."""
+    t, progress = s.run.config.train, s.progress
+    return (
+        t.max_minutes is not None
+        and progress.planned_steps is None
+        and progress.step >= budget.plan_at(t.warmup)
+        and clock.timing_from is not None
+        and progress.step > clock.timing_from[0]
+        and not out_of_time
+    )
 
 
 def _validate_and_checkpoint(

@@ -15,14 +15,23 @@ from attnkit.config import Config
 from attnkit.console import log, rank
 from attnkit.data.corpus import TokenizedCorpus, read_parallel, tokenize_corpus
 from attnkit.data.tokenizer import (
+    MODEL_TYPES,
     Tokenizers,
+    has_tokenizer,
     load_tokenizers,
     tokenizers_from_models,
     train_tokenizers,
 )
 from attnkit.errors import UserError
-from attnkit.models.build import has_lstm
-from attnkit.runs.directory import CONFIG_FILE, TOKENIZER_DIR, check_compatible
+from attnkit.models.build import check_model_config, has_lstm
+from attnkit.runs.directory import (
+    CONFIG_FILE,
+    TOKENIZER_DIR,
+    check_compatible,
+    forget_unstarted,
+    has_started,
+    make_run_dir,
+)
 from attnkit.training.schedule import SCHEDULES
 from attnkit.training.validate import VALID_METRICS
 
@@ -50,15 +59,11 @@ def _read_pair(src: str | None, tgt: str | None, what: str) -> tuple[list[str], 
 
 def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> Tokenizers:
     out = run_dir / TOKENIZER_DIR
-    if any(out.glob("*.model")):
+    if has_tokenizer(out):
         return load_tokenizers(out)
     data = cfg.data
     if data.spm_src is not None:
         return tokenizers_from_models(data.spm_src, None if data.joint_vocab else data.spm_tgt, out)
-    if data.tokenizer not in ("unigram", "bpe"):
-        raise UserError(
-            f"data.tokenizer: unknown value '{data.tokenizer}' (expected unigram or bpe)"
-        )
     log(
         f"training a {data.vocab_size}-piece {data.tokenizer} SentencePiece model on {len(src):,} pairs"
     )
@@ -75,10 +80,14 @@ def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> T
     )
 
 
-def check_choices(cfg: Config) -> None:
-    """Fail before any work when a training or decoding key names something that does not
-    exist, or a precision that cannot run the model on the run's device."""
+def check_config(cfg: Config) -> None:
+    """The whole configuration checked in one place, before any work: every number in its range
+    (`config.RANGES`), every model key as the model builder reads it, every named choice known,
+    and precisions that can run the model on the run's device. A UserError names the key."""
+    config_lib.check_ranges(cfg)
+    check_model_config(cfg.model)
     for key, value, options in [
+        ("data.tokenizer", cfg.data.tokenizer, MODEL_TYPES),
         ("train.schedule", cfg.train.schedule, SCHEDULES),
         ("train.valid_metric", cfg.train.valid_metric, VALID_METRICS),
     ]:
@@ -97,15 +106,19 @@ def check_choices(cfg: Config) -> None:
 def prepare_run(cfg: Config) -> PreparedRun:
     """Check the config against the run directory, read the data, and tokenize it."""
     run_dir = Path(cfg.run.dir)
-    check_choices(cfg)
-    check_compatible(run_dir, cfg)
+    check_config(cfg)
+    started = has_started(run_dir)
+    if started:
+        check_compatible(run_dir, cfg)
     train_src, train_tgt = _read_pair(cfg.data.train_src, cfg.data.train_tgt, "train")
     valid_src, valid_ref = ([], [])
     if cfg.data.valid_src is not None:
         valid_src, valid_ref = _read_pair(cfg.data.valid_src, cfg.data.valid_tgt, "valid")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     if rank() == 0:  # under torchrun the other workers read what worker 0 wrote
+        make_run_dir(run_dir)
+        if not started:
+            forget_unstarted(run_dir, cfg)
         config_lib.save(cfg, run_dir / CONFIG_FILE)
     tokenizers = _tokenizers(cfg, run_dir, train_src, train_tgt)
     train, report = tokenize_corpus(

@@ -23,6 +23,8 @@ class Progress:
     elapsed: float = 0.0  # seconds of training, summed over resumed sessions
     best_score: float | None = None
     bad_validations: int = 0
+    planned_steps: int | None = None  # under a time budget, where the schedule ends (`plan`)
+    skipped_steps: int = 0  # updates skipped for a non-finite gradient, in all
 
 
 class TrainingBar:

@@ -34,7 +34,7 @@ def validation_loss(model: torch.nn.Module, run, device: torch.device) -> float:
         shuffle=False,
     )
     for indices in batches:
-        batch = collate(corpus, indices).to(device)
+        batch = collate(corpus, indices, ids=run.tokenizers.special_ids).to(device)
         _, nll = batch_loss(model, batch, smoothing=0.0)
         total, tokens = total + nll.item(), tokens + batch.n_tgt_tokens
     return total / max(tokens, 1)

@@ -1,8 +1,6 @@
 """`attnkit import hf DIR --out RUN`: a local Hugging Face Marian model as an attnkit run.
 
-`add_parser(subparsers)` declares the command and `run(args)` runs it, like the modules of
-`attnkit.cli`; the export side is `interop.hf.export_hf`, which `attnkit export --to hf` calls.
-"""
+The export side is `interop.hf.export_hf`, which `attnkit export --to hf` calls."""
 
 from __future__ import annotations
 
