@@ -43,11 +43,10 @@ def imports(path: Path) -> set[str]:
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names if alias.name.startswith("attnkit")}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module.startswith("attnkit"):
-                found.add(node.module)
-                # `from attnkit.cli import demo` imports the module attnkit.cli.demo
-                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("attnkit"):
+            found.add(node.module)
+            # `from attnkit.cli import demo` imports the module attnkit.cli.demo
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
     return found
 
 
@@ -119,6 +118,8 @@ def test_the_documentation_points_only_inside_the_repository():
     outside = [
         str(path.relative_to(ROOT))
         for path in documents
-        if re.search(r"DESIGN\.md|shared folder|\.\./shared/(DESIGN|STYLE)", path.read_text("utf-8"))
+        if re.search(
+            r"DESIGN\.md|shared folder|\.\./shared/(DESIGN|STYLE)", path.read_text("utf-8")
+        )
     ]
     assert not outside

@@ -184,6 +184,7 @@ def test_transformer_layer_out_of_range_writes_nothing(runs, cli, tmp_path):
 @pytest.mark.slow
 def test_teacher_forced_mean_matches_the_attention_of_decoding(runs, one_thread):
     from attnkit.generation.translator import Translator
+
     translator = Translator.from_run(runs["transformer"])
     options = translator.options.replace(beam=2)
     best = translator.translate([SENTENCE], options, need_attention=True)[0][0]

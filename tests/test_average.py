@@ -153,4 +153,9 @@ def test_training_keeps_n_step_checkpoints_and_translates_with_their_average(tmp
         Translator.from_run(run, checkpoint="averaged")
     average_checkpoints(run, 3)
     translator = Translator.from_run(run, checkpoint="averaged")
-    assert len(translator.translate_text(["The cat is small.", ""], translator.options.replace(beam=1))) == 2
+    assert (
+        len(
+            translator.translate_text(["The cat is small.", ""], translator.options.replace(beam=1))
+        )
+        == 2
+    )

@@ -17,8 +17,8 @@ from test_cli import assert_one_line_error
 
 from attnkit.cli import main
 from attnkit.data import fetch as fetch_module
-from attnkit.data.fetch import DATASETS, UPSTREAM, Download, DownloadError, download
 from attnkit.data.clean import clean_line
+from attnkit.data.fetch import DATASETS, UPSTREAM, Download, DownloadError, download
 
 # --- a mirror of the upstream files, tiny, with pins for what they become ---
 

@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT, tiny_training
 
 from attnkit import config
-from attnkit.training.distributed import Workers
 from attnkit.training.batches import Batches
+from attnkit.training.distributed import Workers
 from attnkit.training.progress import Progress
 
 

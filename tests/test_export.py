@@ -76,7 +76,9 @@ def test_the_exported_model_decodes_greedily_as_attnkit_does(exported):
     run, out = exported
     translator = Translator.from_run(run)
     src_tok, tgt_tok = translator.tokenizers.src, translator.tokenizers.tgt
-    ours = [hyps[0].tokens for hyps in translator.translate(LINES, translator.options.replace(beam=1))]
+    ours = [
+        hyps[0].tokens for hyps in translator.translate(LINES, translator.options.replace(beam=1))
+    ]
     pieces = [src_tok.pieces(line) for line in LINES]
     found = _ct2(out).translate_batch(pieces, beam_size=1, max_decoding_length=60)
     for mine, result, line in zip(ours, found, LINES, strict=True):

@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from attnkit.errors import UserError
 from attnkit.generation.search import (
     SearchOptions,
-    SpecialIds,
     beam_search,
     gnmt_length_penalty,
     greedy_search,
@@ -197,7 +196,9 @@ def test_a_batch_decodes_as_its_sentences_one_by_one(device):
     lengths = set()
     for i, sentence in enumerate(SOURCES):
         one, one_mask = batch_of(sentence, device=device)
-        alone = beam_search(model, one, one_mask, SearchOptions(beam=4, nbest=4), need_attention=True)[0]
+        alone = beam_search(
+            model, one, one_mask, SearchOptions(beam=4, nbest=4), need_attention=True
+        )[0]
         assert [h.tokens for h in batched[i]] == [h.tokens for h in alone]
         assert [h.score for h in batched[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
         for h, a in zip(batched[i], alone, strict=True):
@@ -209,7 +210,9 @@ def test_a_batch_decodes_as_its_sentences_one_by_one(device):
 
 def test_beam_hypotheses_carry_their_own_log_prob_and_attention(gru):
     src, src_mask = batch_of(*SOURCES)
-    for i, hyps in enumerate(beam_search(gru, src, src_mask, SearchOptions(beam=5, nbest=5), need_attention=True)):
+    for i, hyps in enumerate(
+        beam_search(gru, src, src_mask, SearchOptions(beam=5, nbest=5), need_attention=True)
+    ):
         one, one_mask = batch_of(SOURCES[i])
         for h in hyps:
             log_prob, attention = rescore(gru, one, one_mask, h.tokens)
@@ -266,9 +269,13 @@ def test_min_len_is_respected():
     model = TableModel(table(12, eos=10.0))  # wants to stop at once
     src, src_mask = batch_of([4, 5], [4, 5, 4, 5, 4])
     assert [len(h.tokens) for h in greedy_search(model, src, src_mask)] == [0, 0]
-    assert [len(h.tokens) for h in greedy_search(model, src, src_mask, SearchOptions(min_len=3))] == [3, 3]
+    assert [
+        len(h.tokens) for h in greedy_search(model, src, src_mask, SearchOptions(min_len=3))
+    ] == [3, 3]
     assert [len(h.tokens) for h in sample(model, src, src_mask, SearchOptions(min_len=3))] == [3, 3]
-    assert [len(h[0].tokens) for h in beam_search(model, src, src_mask, SearchOptions(min_len=3))] == [3, 3]
+    assert [
+        len(h[0].tokens) for h in beam_search(model, src, src_mask, SearchOptions(min_len=3))
+    ] == [3, 3]
     short = SearchOptions(min_len=5, max_len_a=0, max_len_b=2)  # the forced eos at max_len wins
     assert [len(h.tokens) for h in greedy_search(model, src, src_mask, short)] == [2, 2]
 
@@ -278,7 +285,10 @@ def test_pad_is_never_generated():
     logits[..., PAD] = 10.0
     model = TableModel(logits)
     src, src_mask = batch_of([4, 5, 4])
-    found = greedy_search(model, src, src_mask) + beam_search(model, src, src_mask, SearchOptions(nbest=5))[0]
+    found = (
+        greedy_search(model, src, src_mask)
+        + beam_search(model, src, src_mask, SearchOptions(nbest=5))[0]
+    )
     found += sample(model, src, src_mask, generator=torch.Generator().manual_seed(0))
     assert not any(PAD in h.tokens for h in found)
 
@@ -303,7 +313,11 @@ def test_no_repeat_ngram_never_repeats(n):
 def test_sampling_cut_to_one_token_is_greedy(gru):
     src, src_mask = batch_of(*SOURCES)
     greedy = greedy_search(gru, src, src_mask)
-    for options in [SearchOptions(top_k=1), SearchOptions(top_p=1e-6), SearchOptions(temperature=1e-4)]:
+    for options in [
+        SearchOptions(top_k=1),
+        SearchOptions(top_p=1e-6),
+        SearchOptions(temperature=1e-4),
+    ]:
         found = sample(gru, src, src_mask, options, generator=torch.Generator().manual_seed(3))
         assert [h.tokens for h in found] == [h.tokens for h in greedy]
         assert [h.log_prob for h in found] == pytest.approx([h.log_prob for h in greedy])
@@ -327,11 +341,21 @@ def test_sampling_follows_the_cut_distribution():
     src, src_mask = batch_of(*[[4]] * 4000)
     options = SearchOptions(max_len_a=0, max_len_b=1)
     generator = torch.Generator().manual_seed(0)
-    first = torch.tensor([h.tokens[0] for h in sample(model, src, src_mask, options.replace(top_k=2), generator=generator)])
+    first = torch.tensor(
+        [
+            h.tokens[0]
+            for h in sample(model, src, src_mask, options.replace(top_k=2), generator=generator)
+        ]
+    )
     share_a = first.eq(4).float().mean().item()
     assert set(first.tolist()) == {4, 5}
     assert share_a == pytest.approx(1 / (1 + math.e), abs=0.03)
-    first = torch.tensor([h.tokens[0] for h in sample(model, src, src_mask, options.replace(top_p=0.6), generator=generator)])
+    first = torch.tensor(
+        [
+            h.tokens[0]
+            for h in sample(model, src, src_mask, options.replace(top_p=0.6), generator=generator)
+        ]
+    )
     assert set(first.tolist()) == {5}, "b alone holds 0.67 >= 0.6 of the mass"
 
 
