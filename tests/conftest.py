@@ -8,11 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # Tests use two threads like the target machine and stay quiet.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+# Property-based tests (tests/test_fuzz.py): a fixed number of examples in CI, many more with
+# HYPOTHESIS_PROFILE=long. A failure prints the example and a blob that replays it.
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)  # fmt: skip
+settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=2000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def run_cli(*args: str, cwd: Path | None = None, stdin: str | None = None, timeout: int = 600):

@@ -19,6 +19,7 @@ from attnkit.errors import UserError
 from attnkit.serving.batcher import Batcher, DecodeFailed, QueueFull
 from attnkit.serving.catalog import load_models, model_names
 from attnkit.serving.limits import Limits
+from attnkit.serving.model_thread import ModelThread
 from attnkit.serving.server import make_server
 from attnkit.serving.service import TranslationService
 
@@ -395,6 +396,19 @@ def test_a_cancelled_request_leaves_the_queue_and_a_full_queue_refuses():
     assert all("gone" not in payloads for _, payloads in decoder.batches)
 
 
+def test_the_model_thread_runs_calls_in_order_and_hands_back_errors():
+    thread = ModelThread()
+    try:
+        seen = []
+        first = thread.submit(lambda: seen.append(threading.current_thread().name) or 1)
+        assert thread.call(lambda x: x + 1, 2) == 3 and first.result() == 1
+        assert seen == ["attnkit-model"]
+        with pytest.raises(ZeroDivisionError):
+            thread.call(lambda: 1 / 0)
+    finally:
+        thread.close()
+
+
 def test_a_sentence_decodes_the_same_alone_and_in_a_batch(service):
     from attnkit.serving.service import SearchKey, Sentence
 
@@ -536,10 +550,12 @@ def test_a_short_body_gets_408_quickly_or_ends_quietly(server, capfd):
 
 def test_a_client_that_leaves_mid_request_is_dropped_quietly(server, monkeypatch, capfd):
     decoded: list[str] = []
+    threads: list[str] = []
     real = server.service.batcher.decode
 
     def slow(key, sentences):
         decoded.extend(sentence.text for sentence in sentences)
+        threads.append(threading.current_thread().name)
         time.sleep(0.4)
         return real(key, sentences)
 
@@ -560,6 +576,7 @@ def test_a_client_that_leaves_mid_request_is_dropped_quietly(server, monkeypatch
     busy.join()
     _wait_for(lambda: any(" gone " in line for line in server.lines))
     assert "Nobody reads this one." not in decoded  # it left the queue with its client
+    assert set(threads) == {"attnkit-model"}  # the one thread that runs the model
     assert any(line.startswith("127.0.0.1 POST /translate gone ") for line in server.lines)
     monkeypatch.undo()
     assert _request(server, "POST", "/translate", {"text": "A cat."})[0] == 200

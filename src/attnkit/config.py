@@ -321,10 +321,10 @@ def to_dict(config: Config) -> dict[str, Any]:
 def parse_override(text: str) -> tuple[str, str, Any]:
     """Split `section.key=value` into its parts, the value parsed as a YAML scalar."""
     if "=" not in text:
-        raise UserError(f"override '{text}': expected section.key=value")
+        raise UserError(f"override {text!r}: expected section.key=value")
     path, _, raw_value = text.partition("=")
     if path.count(".") != 1:
-        raise UserError(f"override '{text}': expected section.key=value")
+        raise UserError(f"override {text!r}: expected section.key=value")
     section, key = path.split(".")
     try:
         value = yaml.safe_load(raw_value) if raw_value != "" else ""
@@ -341,7 +341,7 @@ def apply_overrides(config: Config, overrides: list[str]) -> Config:
         section, key, value = parse_override(text)
         if section not in section_types:
             raise UserError(
-                f"override '{text}': unknown section '{section}' (known: {', '.join(SECTIONS)})"
+                f"override {text!r}: unknown section '{section}' (known: {', '.join(SECTIONS)})"
             )
         raw[section][key] = value
         _build_section(section_types[section], raw[section], "command line", section)

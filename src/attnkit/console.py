@@ -6,8 +6,10 @@ the file clean. Under torchrun only worker 0 speaks, so N workers do not print N
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 
 import torch.distributed as dist
 from tqdm import tqdm
@@ -36,6 +38,17 @@ def warn(message: str) -> None:
     tqdm.write(f"attnkit: warning: {message}", file=sys.stderr)
 
 
-def progress_bar(total: int | None, unit: str, *, show: bool = True) -> tqdm:
-    """A progress bar on stderr (a context manager) counting `unit`s toward `total`."""
-    return tqdm(total=total, unit=unit, disable=not show, file=sys.stderr, dynamic_ncols=True)
+@contextlib.contextmanager
+def progress_bar(total: int | None, unit: str, *, show: bool = True) -> Iterator[tqdm]:
+    """A progress bar on stderr counting `unit`s toward `total`, shown on a terminal only (a
+    log file gets no bar lines), and cleared when the work fails, so that the error is the
+    one line left."""
+    bar = tqdm(total=total, unit=unit, disable=None if show else True, file=sys.stderr,
+               dynamic_ncols=True)  # fmt: skip
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()

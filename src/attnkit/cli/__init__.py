@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """`message` on one line whatever user text it quotes: line breaks shown as \\n."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def _is_override(arg: str) -> bool:
     return "=" in arg and not arg.startswith("-")
 
@@ -88,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as error:
-        print(f"attnkit: error: {error}", file=sys.stderr)
+        print(f"attnkit: error: {one_line(str(error))}", file=sys.stderr)
         return 1
     except Stopped as stopped:
         print(f"attnkit: {stopped}", file=sys.stderr)

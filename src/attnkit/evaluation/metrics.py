@@ -66,6 +66,8 @@ def corpus_scores(
     for ref in refs:
         if len(ref) != len(hyps):
             raise UserError(f"{len(hyps)} hypotheses but a reference set has {len(ref)} lines")
+    if not hyps:
+        raise UserError("nothing to score: the hypotheses and references are empty")
     results = {}
     for name in metrics:
         if name == "rouge":
@@ -79,7 +81,7 @@ def check_metric_names(metrics: Sequence[str]) -> None:
     """Stop with a UserError on an unknown metric name, before any slow work."""
     for name in metrics:
         if name not in METRICS:
-            raise UserError(f"unknown metric '{name}' (known: {', '.join(METRICS)})")
+            raise UserError(f"unknown metric {name!r} (known: {', '.join(METRICS)})")
 
 
 def sacrebleu_score(name: str, hyps: Sequence[str], refs: Sequence[Sequence[str]]) -> Score:

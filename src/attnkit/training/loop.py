@@ -306,6 +306,9 @@ def _train(cfg: Config, workers: Workers, device: torch.device) -> TrainResult:
     try:
         with StopSignals() as signals:
             stopped_by = _loop(s, Clock(s.progress.elapsed), signals)
+    except BaseException:
+        s.bar.bar.leave = False  # the error, not a stale bar, is what is left on the terminal
+        raise
     finally:
         s.bar.close()
         if s.events is not None:

@@ -42,7 +42,7 @@ class TrainingBar:
         self.bar = tqdm(
             total=total,
             initial=initial,
-            disable=not (t.progress and show),
+            disable=None if t.progress and show else True,  # on a terminal only
             unit=unit,
             dynamic_ncols=True,
             bar_format=None if self.budget is None else timed,
