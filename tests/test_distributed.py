@@ -12,6 +12,7 @@ import pytest
 from conftest import ROOT, tiny_training
 
 from attnkit import config
+from attnkit.data.vocab import ATTNKIT_IDS
 from attnkit.training.batches import Batches
 from attnkit.training.distributed import Workers
 from attnkit.training.progress import Progress
@@ -33,7 +34,8 @@ def test_workers_split_every_batch_and_a_worker_left_without_a_pair_gets_a_weigh
 
     def run(max_tokens):
         cfg = config.load(ROOT / "configs" / "demo.yaml", [f"train.max_tokens={max_tokens}"])
-        return SimpleNamespace(train=corpus, config=cfg)
+        tokenizers = SimpleNamespace(special_ids=ATTNKIT_IDS)
+        return SimpleNamespace(train=corpus, config=cfg, tokenizers=tokenizers)
 
     whole = Batches(run(24), Progress(), Workers())
     halves = [Batches(run(12), Progress(), Workers(rank=r, world=2)) for r in range(2)]

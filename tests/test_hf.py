@@ -458,3 +458,29 @@ def test_an_imported_run_exports_to_ctranslate2_and_decodes_alike(marian, tmp_pa
     found = engine.translate_batch(pieces, beam_size=1, max_decoding_length=MAX_TOKENS)
     theirs = [translator.tokenizers.tgt.ids(result.hypotheses[0]) for result in found]
     assert theirs == ours
+
+
+@pytest.mark.slow
+def test_an_imported_run_fine_tunes_and_is_not_resumed_by_mistake(marian, tmp_path):
+    _, _, _, run_dir = marian
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.en").write_text("\n".join(LINES * 20) + "\n", encoding="utf-8")
+    (data / "train.de").write_text("\n".join(reversed(LINES * 20)) + "\n", encoding="utf-8")
+    args = ("configs/demo.yaml", f"data.train_src={data / 'train.en'}",
+            f"data.train_tgt={data / 'train.de'}", "train.max_minutes=null",
+            "train.progress=false", "train.max_steps=3", "train.lr=1e-4")  # fmt: skip
+    done = run_cli("train", *args, f"run.dir={run_dir}")
+    assert done.returncode == 1 and "fine-tune it with train.init_from" in done.stderr
+    tuned = tmp_path / "tuned"
+    done = run_cli("train", *args, f"run.dir={tuned}", f"train.init_from={run_dir}")
+    assert done.returncode == 0, done.stderr
+    import json
+
+    events = [json.loads(line) for line in (tuned / "metrics.jsonl").open()]
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert losses and all(0 < loss < 50 for loss in losses)
+    assert (tuned / "tokenizer" / "vocab.json").is_file()
+    done = run_cli("translate", str(tuned), "--beam", "2", stdin="\n".join(LINES))
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == len(LINES)

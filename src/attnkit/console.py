@@ -34,8 +34,10 @@ def log(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """One warning line on stderr, `attnkit: warning: ...`, above any progress bar."""
-    tqdm.write(f"attnkit: warning: {message}", file=sys.stderr)
+    """One warning line on stderr, `attnkit: warning: ...`, above any progress bar; under
+    torchrun from worker 0 only."""
+    if rank() == 0:
+        tqdm.write(f"attnkit: warning: {message}", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -24,9 +24,10 @@ def run(args: argparse.Namespace) -> None:
     from attnkit import config as config_lib
     from attnkit import runtime
     from attnkit.training import distributed
+    from attnkit.training.finetune import resolve_init_from
     from attnkit.training.loop import train
 
-    cfg = config_lib.load(args.config, args.overrides)
+    cfg = resolve_init_from(config_lib.load(args.config, args.overrides), args.overrides)
     distributed.check_workers(args.workers, runtime.resolve_device(cfg.run.device))
     if args.workers > 1 and not distributed.launched():
         status = distributed.launch(args.workers, ["train", args.config, *args.overrides])

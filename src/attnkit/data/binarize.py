@@ -135,6 +135,9 @@ def _start_worker(tokenizers: Tokenizers, settings: dict) -> None:
     """Keep the worker's copy of the tokenizers: unpickled once, so each model loads once
     (SentencePiece pickles a model as its serialized proto; a joint model stays one object)."""
     _worker["tokenizers"], _worker["settings"] = tokenizers, settings
+    if os.environ.get("SPM1"):
+        tokenizers.src._sp._num_threads = 1
+        tokenizers.tgt._sp._num_threads = 1
 
 
 def _encode_in_worker(chunk: tuple[list[str], list[str]]) -> EncodedChunk:

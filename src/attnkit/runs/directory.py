@@ -16,7 +16,7 @@ from attnkit import config as config_lib
 from attnkit.config import Config
 from attnkit.errors import UserError
 from attnkit.files import os_error
-from attnkit.runs.checkpoint import find_checkpoint
+from attnkit.runs.checkpoint import TRAIN_STATE, find_checkpoint
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -34,6 +34,17 @@ def check_run_dir(run_dir: Path) -> None:
 def has_started(run_dir: Path) -> bool:
     """Whether a run has saved its first checkpoint: from then on its config is fixed."""
     return find_checkpoint(run_dir / CHECKPOINTS_DIR / "last") is not None
+
+
+def check_resumable(run_dir: Path) -> None:
+    """A run with a checkpoint resumes only when it has a training state; an imported model
+    has weights alone, and is a starting point (`train.init_from`), not a run to continue."""
+    last = find_checkpoint(run_dir / CHECKPOINTS_DIR / "last")
+    if last is not None and not (last / TRAIN_STATE).is_file():
+        raise UserError(
+            f"{run_dir} holds weights without a training state (an imported model): "
+            f"fine-tune it with train.init_from={run_dir} and another run.dir"
+        )
 
 
 def make_run_dir(run_dir: Path) -> None:

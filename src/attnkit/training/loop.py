@@ -31,6 +31,7 @@ from attnkit.runs.checkpoint import (
 from attnkit.training import budget, distributed
 from attnkit.training.batches import Batches
 from attnkit.training.distributed import Workers
+from attnkit.training.finetune import load_initial_weights
 from attnkit.training.loss import batch_loss
 from attnkit.training.prepare import PreparedRun, prepare_run
 from attnkit.training.progress import EventLog, Progress, TrainingBar, truncate_metrics
@@ -52,6 +53,8 @@ class TrainResult:
 def _restore(run: PreparedRun, model, optimizer, workers: Workers) -> Progress:
     checkpoint = find_checkpoint(run.dir / "checkpoints" / "last")
     if checkpoint is None:
+        if run.config.train.init_from is not None:
+            load_initial_weights(Path(run.config.train.init_from), model)
         _seed_worker(run, workers)
         return Progress()
     load_weights(checkpoint, model)

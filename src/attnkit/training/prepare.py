@@ -28,10 +28,12 @@ from attnkit.runs.directory import (
     CONFIG_FILE,
     TOKENIZER_DIR,
     check_compatible,
+    check_resumable,
     forget_unstarted,
     has_started,
     make_run_dir,
 )
+from attnkit.training.finetune import copy_tokenizer
 from attnkit.training.schedule import SCHEDULES
 from attnkit.training.validate import VALID_METRICS
 
@@ -60,6 +62,9 @@ def _read_pair(src: str | None, tgt: str | None, what: str) -> tuple[list[str], 
 def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> Tokenizers:
     out = run_dir / TOKENIZER_DIR
     if has_tokenizer(out):
+        return load_tokenizers(out)
+    if cfg.train.init_from is not None:
+        copy_tokenizer(Path(cfg.train.init_from), run_dir)
         return load_tokenizers(out)
     data = cfg.data
     if data.spm_src is not None:
@@ -109,6 +114,7 @@ def prepare_run(cfg: Config) -> PreparedRun:
     check_config(cfg)
     started = has_started(run_dir)
     if started:
+        check_resumable(run_dir)
         check_compatible(run_dir, cfg)
     train_src, train_tgt = _read_pair(cfg.data.train_src, cfg.data.train_tgt, "train")
     valid_src, valid_ref = ([], [])
