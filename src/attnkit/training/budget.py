@@ -1,6 +1,6 @@
 """Time budgets that hold on any machine: the learning-rate schedule ends when the time does.
 
-A schedule that decays to zero at `train.max_steps` fits a time budget only on the machine
+A schedule that decays to zero at `train.max_steps` (cosine) fits a time budget only on the machine
 where the step count was tuned: a faster one finishes the decay early and idles at zero, a
 slower one runs out of time mid-decay. Under `train.max_minutes` attnkit therefore measures
 its own speed once, at the end of warm-up, with a validation then (its cost counts against the

@@ -35,7 +35,7 @@ from attnkit.training.finetune import load_initial_weights
 from attnkit.training.loss import batch_loss
 from attnkit.training.prepare import PreparedRun, prepare_run
 from attnkit.training.progress import EventLog, Progress, TrainingBar, truncate_metrics
-from attnkit.training.schedule import adam, learning_rate
+from attnkit.training.schedule import ENDING, adam, learning_rate
 from attnkit.training.signals import StopSignals, signal_name
 from attnkit.training.validate import better, validate
 
@@ -371,11 +371,12 @@ def _loop(s: Session, clock: Clock, signals: StopSignals) -> str:
 
 
 def _plan_due(s: Session, clock: Clock, out_of_time: bool) -> bool:
-    """Whether to fix the time budget's plan now: under a budget, not yet planned, at the end
-    of warm-up, with at least one timed step."""
+    """Whether to fix the time budget's plan now: under a budget, with a schedule that ends,
+    not yet planned, at the end of warm-up, with at least one timed step."""
     t, progress = s.run.config.train, s.progress
     return (
         t.max_minutes is not None
+        and t.schedule in ENDING
         and progress.planned_steps is None
         and progress.step >= budget.plan_at(t.warmup)
         and clock.timing_from is not None

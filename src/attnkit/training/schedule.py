@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import torch
 
 SCHEDULES = ("inverse_sqrt", "cosine", "constant")
+ENDING = ("cosine",)  # the schedules that end at a step (max_steps, or a time budget's plan)
 
 
 def learning_rate(step: int, *, lr: float, warmup: int, schedule: str, max_steps: int) -> float:
