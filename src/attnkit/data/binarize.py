@@ -7,8 +7,11 @@ order: the `TokenizedCorpus` layout, with the filtering of `corpus.encode_chunk`
 few chunks of text and ids, never the corpus. `data.cache` keeps the result.
 
 SentencePiece already encodes a batch on every core with threads of its own; the processes add
-the Python side of each chunk (flattening the id lists, filtering), which one process would do
-on one core: on 2 cores, 1M Multi30k pairs took 8.4 s in one process and 6.3 s in two.
+the Python side of each chunk (flattening the id lists, filtering), which one process does on
+one core: about 3 of the 10 CPU seconds a million Multi30k pairs cost, so one process cannot
+go below 3 s a million however many cores there are. The pool pays for that with pickling the
+text (1M pairs: 11.4 CPU seconds in all against 9.7 in one process), so on 2 busy cores it
+gains nothing; `workers=1` encodes in this process.
 """
 
 from __future__ import annotations
@@ -135,9 +138,6 @@ def _start_worker(tokenizers: Tokenizers, settings: dict) -> None:
     """Keep the worker's copy of the tokenizers: unpickled once, so each model loads once
     (SentencePiece pickles a model as its serialized proto; a joint model stays one object)."""
     _worker["tokenizers"], _worker["settings"] = tokenizers, settings
-    if os.environ.get("SPM1"):
-        tokenizers.src._sp._num_threads = 1
-        tokenizers.tgt._sp._num_threads = 1
 
 
 def _encode_in_worker(chunk: tuple[list[str], list[str]]) -> EncodedChunk:

@@ -3,7 +3,8 @@
 Text is raw UTF-8, one segment a line. Parallel data comes as two aligned files, one TSV file
 (exactly one tab a line: source, tab, target) or one JSONL file (an object a line with string
 fields "src" and "tgt"). Every problem with a file is a `UserError` that names the file, and the
-line where there is one.
+line where there is one. `iter_parallel` streams the pairs a block of text at a time;
+`read_parallel` collects them into lists.
 
 Tokenized corpora keep one flat array of ids per side plus offsets, so memory grows with the
 number of tokens, not with the number of Python objects: pair `i`'s source is
