@@ -20,6 +20,7 @@ from attnkit.runs.checkpoint import TRAIN_STATE, find_checkpoint
 
 CONFIG_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
+CACHE_DIR = "cache"
 CHECKPOINTS_DIR = "checkpoints"
 
 

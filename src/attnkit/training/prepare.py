@@ -6,6 +6,7 @@ run directory behind.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,14 @@ from attnkit import config as config_lib
 from attnkit import runtime
 from attnkit.config import Config
 from attnkit.console import log, rank
-from attnkit.data.corpus import TokenizedCorpus, read_parallel, tokenize_corpus
+from attnkit.data.cache import cached_corpus
+from attnkit.data.corpus import (
+    TokenizedCorpus,
+    count_lines,
+    iter_parallel,
+    read_parallel,
+    tokenize_corpus,
+)
 from attnkit.data.tokenizer import (
     MODEL_TYPES,
     Tokenizers,
@@ -25,6 +33,7 @@ from attnkit.data.tokenizer import (
 from attnkit.errors import UserError
 from attnkit.models.build import check_model_config, has_lstm
 from attnkit.runs.directory import (
+    CACHE_DIR,
     CONFIG_FILE,
     TOKENIZER_DIR,
     check_compatible,
@@ -51,15 +60,28 @@ class PreparedRun:
     valid_ref: list[str]
 
 
-def _read_pair(src: str | None, tgt: str | None, what: str) -> tuple[list[str], list[str]]:
-    if src is None:
+def _train_files(cfg: Config) -> tuple[Path, Path | None]:
+    """The training data's paths, checked to exist (reading them happens later, streamed)."""
+    if cfg.data.train_src is None:
         raise UserError(
-            f"data.{what}_src is not set: give it in the config or as data.{what}_src=PATH"
+            "data.train_src is not set: give it in the config or as data.train_src=PATH"
         )
-    return read_parallel(src, tgt)
+    tgt = None if cfg.data.train_tgt is None else Path(cfg.data.train_tgt)
+    iter_parallel(cfg.data.train_src, tgt)  # checks the files are there; reading comes later
+    return Path(cfg.data.train_src), tgt
 
 
-def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> Tokenizers:
+def _read_valid(cfg: Config) -> tuple[list[str], list[str]]:
+    """The validation pairs, as text (BLEU needs it): none when data.valid_src is not set."""
+    if cfg.data.valid_src is None:
+        return [], []
+    return read_parallel(cfg.data.valid_src, cfg.data.valid_tgt)
+
+
+def _tokenizers(cfg: Config, run_dir: Path, src: Path, tgt: Path | None) -> Tokenizers:
+    """The run's tokenizers: already in the run, from `train.init_from`, from existing
+    SentencePiece models (`data.spm_src`), or trained on a sample of the training text, which
+    is streamed (twice, for the two sides) and checked as it goes."""
     out = run_dir / TOKENIZER_DIR
     if has_tokenizer(out):
         return load_tokenizers(out)
@@ -69,12 +91,13 @@ def _tokenizers(cfg: Config, run_dir: Path, src: list[str], tgt: list[str]) -> T
     data = cfg.data
     if data.spm_src is not None:
         return tokenizers_from_models(data.spm_src, None if data.joint_vocab else data.spm_tgt, out)
+    pairs = count_lines(src)
     log(
-        f"training a {data.vocab_size}-piece {data.tokenizer} SentencePiece model on {len(src):,} pairs"
+        f"training a {data.vocab_size}-piece {data.tokenizer} SentencePiece model on {pairs:,} pairs"
     )
     return train_tokenizers(
-        src,
-        tgt,
+        (s for s, _ in iter_parallel(src, tgt)),
+        (t for _, t in iter_parallel(src, tgt)),
         out,
         vocab_size=data.vocab_size,
         model_type=data.tokenizer,
@@ -109,35 +132,48 @@ def check_config(cfg: Config) -> None:
 
 
 def prepare_run(cfg: Config) -> PreparedRun:
-    """Check the config against the run directory, read the data, and tokenize it."""
+    """Check the config against the run directory, make or load the tokenizers, and map the
+    tokenized training data from its cache (built on the first start, `data/cache.py`).
+
+    Under torchrun worker 0 calls this first; the others then find the tokenizer and the cache
+    it made. A first start that fails on its data takes back the tokenizer it made, so the run
+    directory never holds one made from bad input.
+    """
     run_dir = Path(cfg.run.dir)
     check_config(cfg)
     started = has_started(run_dir)
     if started:
         check_resumable(run_dir)
         check_compatible(run_dir, cfg)
-    train_src, train_tgt = _read_pair(cfg.data.train_src, cfg.data.train_tgt, "train")
-    valid_src, valid_ref = ([], [])
-    if cfg.data.valid_src is not None:
-        valid_src, valid_ref = _read_pair(cfg.data.valid_src, cfg.data.valid_tgt, "valid")
-
-    if rank() == 0:  # under torchrun the other workers read what worker 0 wrote
+    src, tgt = _train_files(cfg)
+    valid_src, valid_ref = _read_valid(cfg)
+    if rank() == 0:
         make_run_dir(run_dir)
         if not started:
             forget_unstarted(run_dir, cfg)
-        config_lib.save(cfg, run_dir / CONFIG_FILE)
-    tokenizers = _tokenizers(cfg, run_dir, train_src, train_tgt)
-    train, report = tokenize_corpus(
-        train_src,
-        train_tgt,
-        tokenizers.src,
-        tokenizers.tgt,
-        max_len=cfg.data.max_len,
-        truncate_source=cfg.data.truncate_source,
-    )
+    made_tokenizer = not has_tokenizer(run_dir / TOKENIZER_DIR)
+    try:
+        tokenizers = _tokenizers(cfg, run_dir, src, tgt)
+        train, report, message = cached_corpus(
+            src,
+            tgt,
+            tokenizers,
+            max_len=cfg.data.max_len,
+            truncate_source=cfg.data.truncate_source,
+            cache_dir=run_dir / CACHE_DIR / "train",
+            progress=cfg.train.progress and rank() == 0,
+            log=log,
+        )
+    except UserError:
+        if made_tokenizer and rank() == 0:
+            shutil.rmtree(run_dir / TOKENIZER_DIR, ignore_errors=True)
+        raise
+    log(message)
     log(f"training data: {report.describe()}")
     if len(train) == 0:
         raise UserError(f"{cfg.data.train_src}: no usable training pairs (all empty or too long)")
+    if rank() == 0:
+        config_lib.save(cfg, run_dir / CONFIG_FILE)
     valid = None
     if valid_src:
         # Validation loss skips only empty pairs; BLEU is computed on every line.
