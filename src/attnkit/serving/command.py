@@ -30,6 +30,12 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="PyTorch intra-op threads of the model (default: the first run's run.threads); "
+        "fewer than the cores leaves room for HTTP handling on the same machine",
+    )
     batching = p.add_argument_group("batching")
     batching.add_argument(
         "--batch-tokens",
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> None:
         batch_tokens=args.batch_tokens,
         max_wait_ms=args.max_wait_ms,
         configure=True,
+        threads=args.threads,
     )
     host, port = server.address
     names = ", ".join(server.service.models)

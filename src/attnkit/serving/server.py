@@ -134,21 +134,26 @@ def make_server(
     max_wait_ms: float = 5.0,
     log: Callable[[str], None] | None = stderr_line,
     configure: bool = False,
+    threads: int | None = None,
 ) -> Server:
     """Bind host:port, load the runs (the first is the default model) on the model thread, and
     make the server; `serve_forever` or `start` runs it. `log` takes the line of each request
     (None: quiet); `configure` applies the process settings of attnkit's commands
-    (`runtime.configure`, with the first run's `run.threads`) on the model thread."""
+    (`runtime.configure`, with `threads` or else the first run's `run.threads`) on the model
+    thread."""
     if batch_tokens < 1:
         raise UserError(f"--batch-tokens must be positive, got {batch_tokens}")
     if max_wait_ms < 0:
         raise UserError(f"--max-wait-ms must be 0 or more, got {max_wait_ms}")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
     sock = bind(host, port)
     thread = ModelThread()
     try:
         models = thread.call(load_models, runs, checkpoint=checkpoint, device=device)
         if configure:
-            thread.call(runtime.configure, models[0].translator.config.run.threads)
+            threads = threads or models[0].translator.config.run.threads
+            thread.call(runtime.configure, threads)
         service = TranslationService(
             models, limits, batch_tokens=batch_tokens, max_wait_s=max_wait_ms / 1000, thread=thread
         )

@@ -60,15 +60,21 @@ class PreparedRun:
     valid_ref: list[str]
 
 
-def _train_files(cfg: Config) -> tuple[Path, Path | None]:
-    """The training data's paths, checked to exist (reading them happens later, streamed)."""
+def _train_files(cfg: Config, *, read: bool) -> tuple[Path, Path | None]:
+    """The training data's paths, checked to exist, and when `read` checked to the last line
+    (UTF-8, aligned, well-formed), streamed: a first start reads its data once before it
+    writes anything, so bad data is one line and leaves nothing behind."""
     if cfg.data.train_src is None:
         raise UserError(
             "data.train_src is not set: give it in the config or as data.train_src=PATH"
         )
+    src = Path(cfg.data.train_src)
     tgt = None if cfg.data.train_tgt is None else Path(cfg.data.train_tgt)
-    iter_parallel(cfg.data.train_src, tgt)  # checks the files are there; reading comes later
-    return Path(cfg.data.train_src), tgt
+    pairs = iter_parallel(src, tgt)  # checks the files are there
+    if read:
+        for _ in pairs:
+            pass
+    return src, tgt
 
 
 def _read_valid(cfg: Config) -> tuple[list[str], list[str]]:
@@ -145,7 +151,7 @@ def prepare_run(cfg: Config) -> PreparedRun:
     if started:
         check_resumable(run_dir)
         check_compatible(run_dir, cfg)
-    src, tgt = _train_files(cfg)
+    src, tgt = _train_files(cfg, read=not started)
     valid_src, valid_ref = _read_valid(cfg)
     if rank() == 0:
         make_run_dir(run_dir)
