@@ -16,7 +16,12 @@ own:
 - `in-memory` (sizes up to `--in-memory-max`): what `attnkit train` did before the cache, the
   whole text read with `read_parallel` and tokenized with `tokenize_corpus`, for comparison;
 - `tokenizer` (only when named in `--parts`): SentencePiece training on the streamed corpus,
-  a reservoir sample of `--tokenizer-sample` sentences (the default of `data.tokenizer_sample`).
+  a reservoir sample of `--tokenizer-sample` sentences;
+- `start` and `resume` (only when named): `attnkit train` itself, the Multi30k recipe's `small`
+  Transformer on the corpus with the one tokenizer (`data.spm_src`): a first start from an
+  empty run directory for `--train-steps` steps (the data read, checked, cached), then a resume
+  for 10 more: the time to the first step's end (imports included), peak memory, and training
+  target tokens/s (the median of the logged steps after the first).
 
 Memory is reported as the peak RSS of the part's main process (ru_maxrss, which counts the
 pages of a mapped cache it touched: page cache the kernel may drop, shared by every process
@@ -45,7 +50,8 @@ import time
 from pathlib import Path
 
 SIZES = (29_000, 300_000, 3_000_000, 10_000_000)
-PARTS = ("build", "reuse", "batches", "in-memory", "tokenizer")
+PARTS = ("build", "reuse", "batches", "in-memory", "tokenizer", "start", "resume")
+RECIPE = Path(__file__).resolve().parent.parent / "configs" / "multi30k_en_fr.yaml"
 MAX_LEN = 256
 MAX_TOKENS = 4096  # tokens a batch, as the recipes use
 
@@ -74,6 +80,8 @@ def measure(part: str, corpus: Path, work: Path, args: argparse.Namespace) -> di
         )
         result["seconds"] = time.perf_counter() - start
         return result
+    if part in ("start", "resume"):
+        return measure_training(part, src, tgt, work, args, start)
     tokenizers = load_tokenizers(args.work / "tokenizer")
     result["import_seconds"] = time.perf_counter() - start
     if part == "in-memory":
@@ -112,6 +120,45 @@ def measure(part: str, corpus: Path, work: Path, args: argparse.Namespace) -> di
         result["tokens_per_s"] = tokens / seconds
         result["batches"] = len(batches)
     return result
+
+
+def measure_training(
+    part: str, src: Path, tgt: Path, work: Path, args: argparse.Namespace, start: float
+) -> dict:
+    """`attnkit train` on the corpus: a first start, or a resume of it, in this process."""
+    import statistics
+
+    from attnkit import config as config_lib
+    from attnkit.training import loop
+
+    run_dir = work / "run"
+    steps = args.train_steps if part == "start" else args.train_steps + 10
+    if part == "start":
+        shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = config_lib.load(RECIPE, [
+        f"run.dir={run_dir}", f"data.train_src={src}", f"data.train_tgt={tgt}",
+        f"data.spm_src={args.work / 'tokenizer' / 'joint.model'}", "run.threads=2",
+        f"train.max_steps={steps}", f"train.valid_every={args.train_steps}", "train.log_every=1",
+        "train.max_minutes=null", "train.progress=false", "train.save_every_minutes=null",
+    ])  # fmt: skip
+    first: list[float] = []
+    report = loop._report
+
+    def timed_report(session, step, tokens_per_s):
+        first.append(time.perf_counter())
+        report(session, step, tokens_per_s)
+
+    loop._report = timed_report  # the first call ends the first step
+    loop.train(cfg)
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    rates = [e["tgt_tokens_per_s"] for e in map(json.loads, lines)
+             if e["event"] == "train" and e["step"] > steps - args.train_steps + 1]  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - start,
+        "first_step_seconds": first[0] - start,
+        "tokens_per_s": statistics.median(rates),
+        "steps": steps,
+    }
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -173,6 +220,7 @@ def run_part(part: str, corpus: Path, work: Path, args: argparse.Namespace) -> d
     command = [sys.executable, __file__, "--child", part, str(corpus), str(work)]
     command += ["--work", str(args.work), "--batches", str(args.batches)]
     command += ["--tokenizer-sample", str(args.tokenizer_sample)]
+    command += ["--train-steps", str(args.train_steps)]
     command += ["--progress"] if args.progress else []
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     peak = [0.0, 0.0, 0.0]  # tree PSS, largest worker RSS, main anonymous
@@ -258,6 +306,11 @@ def print_row(size: int, r: dict) -> None:
         extra = f"{r['batches_per_s']:,.0f} batches/s, {r['tokens_per_s'] / 1e6:.2f}M tokens/s"
     elif r["part"] == "build":
         extra = f"{size / r['seconds']:,.0f} pairs/s"
+    elif r["part"] in ("start", "resume"):
+        extra = (
+            f"first step after {r['first_step_seconds']:.1f} s, "
+            f"{r['tokens_per_s']:,.0f} target tokens/s"
+        )
     print(
         f"{size:>11,} {r['part']:>10} {r['seconds']:>8.1f} {r['peak_rss_mib']:>9,.0f} "
         f"{r['anonymous_mib']:>9,.0f} {r['worker_peak_rss_mib']:>10,.0f} "
@@ -274,7 +327,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/attnkit_data_scale"))
     parser.add_argument("--batches", type=int, default=2000, help="batches collated in `batches`")
     parser.add_argument("--in-memory-max", type=int, default=3_000_000)
-    parser.add_argument("--tokenizer-sample", type=int, default=2_000_000)
+    parser.add_argument("--tokenizer-sample", type=int, default=500_000)
+    parser.add_argument("--train-steps", type=int, default=30, help="steps of `start`")
     parser.add_argument("--keep", action="store_true", help="keep the corpora and caches")
     parser.add_argument("--progress", action="store_true", help="show the build's progress bar")
     parser.add_argument("--plot", type=Path, help="write the figure here (PNG)")
