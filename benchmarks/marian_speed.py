@@ -19,7 +19,7 @@ every system translates all batches in turn; the fastest pass of each counts (th
 noise only ever slows a pass down).
 
 The output length is pinned. With random weights a model's choice of when to stop is arbitrary,
-and with trained weights it differs between implementations, so sentences/s would measure how
+and even with trained weights the systems' search rules differ, so sentences/s would measure how
 long the outputs happened to be. Here every sentence gets exactly `--out-len` tokens and then
 the end of sentence, `--out-len` + 1 decoder steps in all three: attnkit `min_len = max_len_b =
 out_len`, `max_len_a = 0` (EOS forced at the limit); generate `min_new_tokens = out_len`,
@@ -28,9 +28,12 @@ out_len`, `max_decoding_length = out_len + 1` (CTranslate2 cannot force the end 
 step, so there it may emit one more word instead, after the same number of steps). The steps
 each system took per sentence (output tokens plus the end of sentence, if any) are printed so
 that the work can be seen to be equal, and so is the share of sentences whose first `--out-len`
-tokens are those of generate (float32 implementations of one model should agree nearly
-everywhere; a random model tends to repeat one token, so this checks little more than that the
-systems decode the same model). All lengths being equal, the length penalty never changes a ranking.
+tokens are those of generate. That is a loose check that the systems decode the same model: a
+random model tends to repeat one token, and the three score the last step differently (generate
+gives the forced end of sentence log-probability 0, attnkit keeps the model's, CTranslate2 adds a
+free word), which may reorder hypotheses whose tokens score alike. All lengths being equal, the
+length penalty never changes a ranking. Random weights change nothing in the arithmetic: every
+step multiplies the same matrices and ranks the same 5 x 59,514 candidates per sentence.
 
     python benchmarks/marian_speed.py ../shared/data/multi30k/test_2016_flickr.en \
         --limit 200 --threads 2
@@ -109,7 +112,7 @@ def train_pieces(lines: list[str], pieces: int) -> bytes:
     return model.getvalue()
 
 
-def write_marian(directory: Path, lines: list[str], pieces: int, vocab_size: int, seed: int):
+def write_marian(directory: Path, lines: list[str], pieces: int, vocab_size: int, seed: int) -> int:
     """A random Marian model of opus-mt-en-fr's shape and its tokenizer, saved into `directory`
     as `save_pretrained` saves them; returns the number of SentencePiece pieces."""
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
@@ -184,7 +187,9 @@ def generate_system(directory: Path, beam: int, out_len: int) -> Translate:
     return translate
 
 
-def ctranslate2_system(model_dir: Path, translator: Translator, args) -> Translate:
+def ctranslate2_system(
+    model_dir: Path, translator: Translator, args: argparse.Namespace
+) -> Translate:
     """CTranslate2 on an `attnkit export --to ctranslate2` folder, with the run's tokenizers."""
     import ctranslate2
 
@@ -255,6 +260,7 @@ def main() -> None:
     import ctranslate2
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     runtime.configure(args.threads)  # as every attnkit command: threads, glibc keeps freed memory
     all_lines = read_lines(args.src)
     lines = all_lines[: args.limit]
@@ -341,7 +347,7 @@ def main() -> None:
                 "ctranslate2": ctranslate2.__version__,
             },
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-            | {"sentences": len(lines), "pieces": pieces, "parameters": params},
+            | {"sentences": len(lines), "spm_pieces": pieces, "parameters": params},
             "systems": rows,
         }
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
