@@ -8,7 +8,9 @@ the server decoded (from GET /health), and, in the same run, the offline rate of
 translate` on the same lines (the `Translator` in this process with the command's settings,
 model loading not counted). Checks the targets of issue 20: no errors; 32 clients at least 4x
 the 1-client rate and at least 70% of the offline rate; p95 at 8 clients within 3x of the
-1-client p95.
+1-client p95. `--rounds N` repeats the whole measurement N times, interleaved, and sums them, so
+that the load of a shared machine weighs on every level alike; `--threads N` gives the server
+and the offline run the same PyTorch thread count.
 
     python benchmarks/serve_load.py /tmp/serve_run \
         --lines ../shared/data/multi30k/test_2016_flickr.en --requests 256 --beam 5
@@ -63,12 +65,12 @@ class Offline:
     """`attnkit translate --beam BEAM` on the same lines, in this process: the command's own
     settings and calls (one chunk of up to 2000 lines, batched under decode.batch_tokens)."""
 
-    def __init__(self, run: str, beam: int) -> None:
+    def __init__(self, run: str, beam: int, threads: int | None) -> None:
         from attnkit import runtime
         from attnkit.generation.translator import Translator
 
         self.translator = Translator.from_run(run)
-        runtime.configure(self.translator.config.run.threads)
+        runtime.configure(threads or self.translator.config.run.threads)
         self.options = self.translator.options.replace(beam=beam)
         self.lines, self.seconds = 0, 0.0
 
@@ -229,6 +231,11 @@ def main() -> None:
         "load then weighs on all alike); the table sums the rounds",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="PyTorch threads for the server and offline alike (default: the run's run.threads)",
+    )
+    parser.add_argument(
         "--server-args", default="", help='more `serve` flags, e.g. "--max-wait-ms 10"'
     )
     args = parser.parse_args()
@@ -241,12 +248,15 @@ def main() -> None:
     print(
         f"{len(lines)} lines of {args.lines}, beam {args.beam}, {os.cpu_count()} CPUs", flush=True
     )
-    offline = Offline(args.run, args.beam)
+    offline = Offline(args.run, args.beam, args.threads)
+    server_args = shlex.split(args.server_args)
+    if args.threads:
+        server_args += ["--threads", str(args.threads)]
     offline.translator.translate(lines[:8], offline.options)  # warm-up
     measured: dict[int, list[Level]] = {clients: [] for clients in levels_wanted}
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "server.log"
-        process, port = start_server(args.run, shlex.split(args.server_args), log)
+        process, port = start_server(args.run, server_args, log)
         try:
             run_level(port, lines[:8], 4, args.beam)  # warm-up
             for round_ in range(1, args.rounds + 1):
@@ -254,7 +264,8 @@ def main() -> None:
                 for clients in levels_wanted:
                     measured[clients].append(run_level(port, lines, clients, args.beam))
                     rates.append(f"{clients} clients {measured[clients][-1].rate:.1f}")
-                print(f"round {round_}, sentences/s: {', '.join(rates)}", flush=True)
+                load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+                print(f"round {round_}, sentences/s: {', '.join(rates)} (load {load})", flush=True)
         finally:
             process.terminate()
             process.wait(60)

@@ -299,22 +299,50 @@ def _run(coroutine):
 
 
 def test_requests_arriving_together_share_a_batch_within_the_budget():
-    decoder = FakeDecoder()
+    decoder = FakeDecoder(delay=0.05)
     batcher = _batcher(decoder)
 
     async def main():
+        first = asyncio.ensure_future(batcher.submit("k", [("first", 10)]))
+        await asyncio.sleep(0.02)  # a lone request goes at once; these queue while it decodes
         return await asyncio.gather(
+            first,
             batcher.submit("k", [("a", 10), ("b", 10)]),
             batcher.submit("k", [("c", 10)]),
             batcher.submit("other", [("d", 10)]),  # another search: another batch
         )
 
     try:
-        assert _run(main()) == [["A", "B"], ["C"], ["D"]]
+        assert _run(main()) == [["FIRST"], ["A", "B"], ["C"], ["D"]]
     finally:
         batcher.close()
-    assert sorted(sorted(p) for _, p in decoder.batches) == [["a", "b", "c"], ["d"]]
-    assert batcher.stats.batches == 2 and batcher.stats.sentences == 4
+    assert [sorted(p) for _, p in decoder.batches] == [["first"], ["a", "b", "c"], ["d"]]
+    assert batcher.stats.batches == 3 and batcher.stats.sentences == 5
+
+
+def test_a_batch_waits_for_the_requests_its_last_batch_answered():
+    decoder = FakeDecoder(delay=0.05)
+    batcher = _batcher(decoder, max_wait_s=1.0)
+
+    async def main():
+        await asyncio.sleep(0)
+        busy = asyncio.ensure_future(batcher.submit("k", [("busy", 1)]))
+        await asyncio.sleep(0.02)
+        await asyncio.gather(batcher.submit("k", [("a", 1)]), batcher.submit("k", [("b", 1)]))
+        await busy
+        # The last batch answered two requests: one alone waits (here 0.1 s) for a second.
+        started = time.monotonic()
+        second = asyncio.ensure_future(batcher.submit("k", [("d", 1)]))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(batcher.submit("k", [("c", 1)]), second)
+        return time.monotonic() - started
+
+    try:
+        took = _run(main())
+    finally:
+        batcher.close()
+    assert [sorted(p) for _, p in decoder.batches] == [["busy"], ["a", "b"], ["c", "d"]]
+    assert took < 0.5  # far less than max_wait_s: it went as soon as its company came
 
 
 def test_the_budget_splits_a_request_and_an_oversize_sentence_goes_alone():
@@ -468,7 +496,13 @@ def test_it_listens_on_localhost_by_default(server):
 def test_concurrent_clients_are_batched_and_answered_as_alone(server, monkeypatch):
     lines = [*SENTENCES, "A dog runs.", "The small cat sees the man.", "A woman reads a book."]
     alone = [_request(server, "POST", "/translate", {"text": line})[1] for line in lines]
-    monkeypatch.setattr(server.service.batcher, "max_wait_s", 0.3)  # wait for company
+    real = server.service.batcher.decode
+
+    def slow(key, sentences):  # the first request's batch decodes while the others queue
+        time.sleep(0.3)
+        return real(key, sentences)
+
+    monkeypatch.setattr(server.service.batcher, "decode", slow)
     before = _request(server, "GET", "/health")[1]
     answers: dict[int, dict] = {}
 

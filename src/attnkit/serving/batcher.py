@@ -4,13 +4,14 @@ A request hands its sentences to `Batcher.submit` and awaits them; the model thr
 (`model_thread.py`) takes batches from the queue, decodes each with one call, and resolves the
 waiting asyncio futures. The rules:
 
-- Waiting. A batch waits at most `max_wait_s` for company: the worker starts one when the
-  request of its anchor (below) has waited that long since it arrived, and the worker has been
-  free that long, or sooner when the batch is full. So a request waits for at most the batch
-  being decoded when it came, plus `max_wait_s`; under load the queue grows while the worker is
-  busy, and batches fill without waiting. (Clients answered by one batch often send their next
-  request at once: starting the next batch before they arrive would split them in two groups
-  that then alternate for good, each half as large.)
+- Waiting. A batch waits at most `max_wait_s` for company, and only for company it can expect:
+  as many requests as the last batch of its group held, since clients answered by one batch
+  often send their next request at once. The worker starts a batch as soon as that many
+  requests wait, or the batch is full, or the request of its anchor (below) has waited
+  `max_wait_s` since it arrived and the worker has been free that long. So a lone client never
+  waits, and a request waits for at most the batch being decoded when it came, plus
+  `max_wait_s`. (Starting batches before the clients just answered are back split them into
+  two groups that then alternated for good, each half as large.)
 - Budget. A batch costs B * max(cost), the padded source tokens of its B sentences (each
   sentence's cost is its tokens plus the end marker, as `encode_source_batches` counts them), and
   stays within `max_tokens`; only a sentence over the budget on its own gets a batch alone.
@@ -120,6 +121,7 @@ class Batcher(Generic[Payload, Result]):
         self._order = itertools.count()
         self._running: futures.Future[None] | None = None
         self._free_since = 0.0  # when the worker finished its last batch (clock())
+        self._expected: dict[Hashable, int] = {}  # requests in the last batch of each key
 
     def start(self) -> None:
         """Start deciding and decoding batches on the model thread (again, after `close`)."""
@@ -231,11 +233,17 @@ class Batcher(Generic[Payload, Result]):
                 batch = self._fill(anchor, group)
                 now = self.clock()
                 due = max(anchor.ticket.arrived, self._free_since) + self.max_wait_s
-                if now >= due or len(batch) < len(group):  # waited enough, or full already
+                waiting = len({id(job.ticket) for job in group})
+                if (
+                    now >= due
+                    or len(batch) < len(group)  # full already
+                    or waiting >= self._expected.get(anchor.key, 1)  # all the company expected
+                ):
                     taken = set(map(id, batch))
                     self._pending = [job for job in self._pending if id(job) not in taken]
                     for job in batch:
                         job.ticket.waiting_since = now  # its other sentences queue from here
+                    self._expected[anchor.key] = len({id(job.ticket) for job in batch})
                     return batch
                 self._condition.wait(due - now)
             return None

@@ -46,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     batching.add_argument(
         "--max-wait-ms",
         type=float,
-        default=5.0,
-        help="how long a request may wait for others to share its batch (default: 5)",
+        default=10.0,
+        help="how long a batch may wait for more requests to join it (default: 10)",
     )
     limits = p.add_argument_group("limits on a request")
     limits.add_argument(

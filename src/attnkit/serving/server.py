@@ -131,7 +131,7 @@ def make_server(
     device: str | None = None,
     limits: Limits = Limits(),  # noqa: B008 (frozen)
     batch_tokens: int = 4096,
-    max_wait_ms: float = 5.0,
+    max_wait_ms: float = 10.0,
     log: Callable[[str], None] | None = stderr_line,
     configure: bool = False,
     threads: int | None = None,

@@ -70,7 +70,7 @@ class TranslationService:
         limits: Limits,
         *,
         batch_tokens: int = 4096,
-        max_wait_s: float = 0.005,
+        max_wait_s: float = 0.01,
         thread: ModelThread | None = None,
     ) -> None:
         self.models = {model.name: model for model in models}
