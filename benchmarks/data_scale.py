@@ -267,12 +267,15 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    styles = {"build": "o-", "reuse": "s-", "in-memory": "x--", "tokenizer": "d:"}
+    styles = {"build": "o-", "reuse": "s-", "in-memory": "x--", "tokenizer": "d:",
+              "start": "^-", "resume": "v-"}  # fmt: skip
     labels = {
         "build": "first start: build the cache",
         "reuse": "later start: map the cache, first batch",
         "in-memory": "before: read and tokenize in memory",
         "tokenizer": "SentencePiece training (streamed sample)",
+        "start": "attnkit train: first start, 30 steps",
+        "resume": "attnkit train: resume, 10 steps",
     }
     for part, style in styles.items():
         rows = [r for r in results if r["part"] == part]
@@ -334,11 +337,18 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write the figure here (PNG)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
+        "--replot", type=Path, nargs="+", metavar="JSON",
+        help="only draw --plot from the JSON files of earlier runs",
+    )  # fmt: skip
+    parser.add_argument(
         "--child", nargs=3, metavar=("PART", "CORPUS", "WORK"), help=argparse.SUPPRESS
     )
     args = parser.parse_args()
     if args.child:
         child_main(args)
+        return
+    if args.replot:
+        plot([r for path in args.replot for r in json.loads(path.read_text())], args.plot)
         return
     if args.data is None:
         parser.error("--data is required (the folder with Multi30k's train.en and train.fr)")
