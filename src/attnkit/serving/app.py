@@ -155,6 +155,7 @@ def create_app(service: TranslationService, *, log: Callable[[str], None] | None
             batches=stats.batches,
             sentences=stats.sentences,
             decoding_seconds=round(stats.seconds, 3),
+            recent_batches=list(stats.recent),
         )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -5,13 +5,13 @@ A request hands its sentences to `Batcher.submit` and awaits them; the model thr
 waiting asyncio futures. The rules:
 
 - Waiting. A batch waits at most `max_wait_s` for company, and only for company it can expect:
-  as many requests as the last batch of its group held, since clients answered by one batch
-  often send their next request at once. The worker starts a batch as soon as that many
-  requests wait, or the batch is full, or the request of its anchor (below) has waited
-  `max_wait_s` since it arrived and the worker has been free that long. So a lone client never
-  waits, and a request waits for at most the batch being decoded when it came, plus
-  `max_wait_s`. (Starting batches before the clients just answered are back split them into
-  two groups that then alternated for good, each half as large.)
+  the requests of its group that waited when the last batch of the group ended, and as many
+  again as that batch answered, since clients answered by one batch often send their next
+  request at once. The worker starts a batch as soon as that many requests wait, or the batch
+  is full, or the request of its anchor (below) has waited `max_wait_s` since it arrived and the
+  worker has been free that long. So a lone client never waits, and a request waits for at most
+  the batch being decoded when it came, plus `max_wait_s`. (Starting batches before the clients
+  just answered are back splits them into two groups that then alternate for good.)
 - Budget. A batch costs B * max(cost), the padded source tokens of its B sentences (each
   sentence's cost is its tokens plus the end marker, as `encode_source_batches` counts them), and
   stays within `max_tokens`; only a sentence over the budget on its own gets a batch alone.
@@ -31,6 +31,7 @@ A sentence is answered when its batch is done. A failed batch fails each of its 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import sys
@@ -91,6 +92,7 @@ class BatchStats:
     sentences: int = 0
     largest: int = 0
     seconds: float = 0.0  # spent decoding
+    recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
 
 
 class Batcher(Generic[Payload, Result]):
@@ -121,7 +123,7 @@ class Batcher(Generic[Payload, Result]):
         self._order = itertools.count()
         self._running: futures.Future[None] | None = None
         self._free_since = 0.0  # when the worker finished its last batch (clock())
-        self._expected: dict[Hashable, int] = {}  # requests in the last batch of each key
+        self._expected: dict[Hashable, int] = {}  # requests the next batch of a key awaits
 
     def start(self) -> None:
         """Start deciding and decoding batches on the model thread (again, after `close`)."""
@@ -213,8 +215,14 @@ class Batcher(Generic[Payload, Result]):
             self.stats.sentences += len(batch)
             self.stats.largest = max(self.stats.largest, len(batch))
             self.stats.seconds += time.perf_counter() - started
+            self.stats.recent.append(len(batch))
             with self._condition:
                 self._free_since = self.clock()
+                # The company the next batch of this key can expect: the requests waiting now,
+                # and as many again as this batch answered, whose clients may be back at once.
+                waiting = {id(job.ticket) for job in self._pending if job.key == batch[0].key}
+                answered = {id(job.ticket) for job in batch}
+                self._expected[batch[0].key] = len(waiting | answered)
         with self._condition:
             left, self._pending = self._pending, []
         _settle(left, [ShuttingDown("the server is shutting down")] * len(left))
@@ -243,7 +251,6 @@ class Batcher(Generic[Payload, Result]):
                     self._pending = [job for job in self._pending if id(job) not in taken]
                     for job in batch:
                         job.ticket.waiting_since = now  # its other sentences queue from here
-                    self._expected[anchor.key] = len({id(job.ticket) for job in batch})
                     return batch
                 self._condition.wait(due - now)
             return None

@@ -127,6 +127,7 @@ class Health(BaseModel):
     batches: int = Field(description="batches decoded since the server started")
     sentences: int = Field(description="sentences decoded in them")
     decoding_seconds: float = Field(description="time the model spent decoding them")
+    recent_batches: list[int] = Field(description="the sentences of the last 32 batches")
 
 
 class ErrorResponse(BaseModel):

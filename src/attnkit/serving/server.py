@@ -3,7 +3,8 @@
 Binding before loading makes a port in use a quick UserError; `port=0` picks a free port, which
 `Server.address` then tells. uvicorn's own logging is limited to warnings (Guard writes the
 one line a request), and Ctrl-C or SIGTERM stops it gracefully: requests in flight are answered
-(for up to `GRACEFUL_S` seconds), then the batcher's worker stops.
+(for up to `GRACEFUL_S` seconds), the batcher's worker stops, and uvicorn raises the signal
+again, so that `attnkit serve` ends as interrupted (status 130) or terminated (143).
 """
 
 from __future__ import annotations
