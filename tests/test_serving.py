@@ -14,6 +14,8 @@ import time
 
 import pytest
 from conftest import assert_one_line_error, run_cli, tiny_training
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from attnkit.errors import UserError
 from attnkit.serving.batcher import Batcher, DecodeFailed, QueueFull
@@ -641,3 +643,78 @@ def test_serve_command_errors_are_one_line(cli, tmp_path, runs):
     run, port = str(runs["transformer"]), ("--port", "0")
     assert_one_line_error(cli("serve", str(tmp_path / "missing"), *port), "missing")
     assert_one_line_error(cli("serve", run, "--max-lines", "0", *port), "--max-lines")
+
+
+# Random requests (issue 18's fuzz suite, for the HTTP API) ----------------------------------------
+
+JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False)
+    | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)  # fmt: skip
+FIELDS = ["text", "model", "beam", "nbest", "attention", "layer", "head", "other"]
+REQUEST = st.one_of(
+    st.dictionaries(st.sampled_from(FIELDS), JSON_VALUE, max_size=6),
+    st.fixed_dictionaries(
+        {"text": st.one_of(st.text(max_size=60), st.lists(st.text(max_size=30), max_size=5))},
+        optional={name: JSON_VALUE for name in FIELDS[1:]},
+    ),
+    JSON_VALUE,
+)
+
+
+def _assert_answer_or_json_error(response) -> None:
+    """Any request gets an answer, or a JSON error of one line with a 4xx status: never 500
+    (a 500 is a failure inside the model, and none of these requests should cause one)."""
+    answer = response.json()
+    if response.status_code == 200:
+        assert "translations" in answer
+        return
+    assert 400 <= response.status_code < 500, (response.status_code, answer)
+    assert set(answer) == {"error"} and "\n" not in answer["error"], answer
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=REQUEST)
+def test_any_json_request_gets_an_answer_or_a_json_error(client, body):
+    _assert_answer_or_json_error(client.post("/translate", json=body))
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.binary(max_size=3000),
+    content_type=st.sampled_from(["application/json", "text/plain", "", "application/x-www-form-urlencoded; charset=utf-16", "\x00"]),
+    path=st.sampled_from(["/translate", "/", "/models", "/health", "/x", "/translate/"]),
+    method=st.sampled_from(["POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS"]),
+)  # fmt: skip
+def test_any_bytes_any_method_any_path(client, body, content_type, path, method):
+    response = client.request(method, path, content=body, headers={"content-type": content_type})
+    if response.status_code == 200:
+        return
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    answer = response.json()
+    assert set(answer) == {"error"} and "\n" not in answer["error"]
+
+
+@pytest.mark.slow
+@settings(max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    length=st.one_of(st.integers(-5, 5000), st.sampled_from(["abc", "", "1e3", "99999999999"])),
+    body=st.binary(max_size=200),
+    extra=st.sampled_from(["", "Transfer-Encoding: chunked\r\n", "Expect: 100-continue\r\n",
+                           "Content-Type: \xff\r\n".encode("latin-1").decode("latin-1")]),
+)  # fmt: skip
+def test_real_server_survives_any_content_length(server, length, body, extra):
+    """Headers that lie about the body: the server answers (a status line) or closes, within
+    the body timeout, and goes on serving."""
+    request = (f"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{extra}"
+               "Connection: close\r\n\r\n").encode("latin-1") + body  # fmt: skip
+    received, seconds = _raw(server, request, close_after_send=True, wait=5.0)
+    assert seconds < 5.0, "no request may hang past the body timeout"
+    if received:
+        assert received.startswith(b"HTTP/1.1 "), received[:100]
+        status = int(received.split(b" ")[1])
+        assert status < 500 or status == 503, received[:300]
+    status, _ = _request(server, "GET", "/health")
+    assert status == 200
