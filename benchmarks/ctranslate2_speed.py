@@ -54,7 +54,9 @@ def main() -> None:
     translator = Translator.from_run(args.run)
     torch.set_num_threads(args.threads)
     systems = {
-        "attnkit": lambda: translator.translate_text(lines, translator.options.replace(beam=args.beam)),
+        "attnkit": lambda: translator.translate_text(
+            lines, translator.options.replace(beam=args.beam)
+        ),
     }
     tok = translator.tokenizers
     pieces = [tok.src.pieces(line) for line in lines]

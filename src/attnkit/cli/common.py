@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-CHECKPOINTS = ["best", "last", "averaged"]  # runs.load.CHECKPOINTS, not imported: --help loads no torch
+CHECKPOINTS = [
+    "best",
+    "last",
+    "averaged",
+]  # runs.load.CHECKPOINTS, not imported: --help loads no torch
 DEVICE_HELP = "cpu, cuda, cuda:N (default: the run's)"
 
 

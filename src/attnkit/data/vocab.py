@@ -17,6 +17,7 @@ UNK_ID = 1
 BOS_ID = 2
 EOS_ID = 3
 
+
 class SpecialIds(NamedTuple):
     """The ids a vocabulary reserves, for the batches, the model and the search: padding,
     unknown pieces, the token the decoder starts from (`bos`), and the end of a sentence, which
