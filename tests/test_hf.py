@@ -484,3 +484,33 @@ def test_an_imported_run_fine_tunes_and_is_not_resumed_by_mistake(marian, tmp_pa
     done = run_cli("translate", str(tuned), "--beam", "2", stdin="\n".join(LINES))
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == len(LINES)
+
+
+@pytest.mark.slow
+def test_an_imported_run_serves_with_its_attention_and_draws_it(marian, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from attnkit.generation.translator import Translator
+    from attnkit.serving.app import create_app
+    from attnkit.serving.catalog import load_models
+    from attnkit.serving.limits import Limits
+    from attnkit.serving.service import TranslationService
+
+    _, _, _, run_dir = marian
+    service = TranslationService(
+        load_models([run_dir], checkpoint="best", device="cpu"), Limits(), batch_tokens=512,
+        max_wait_s=0.002,
+    )  # fmt: skip
+    translator = Translator.from_run(run_dir, device="cpu")
+    expected = translator.translate_text(LINES, translator.options.replace(beam=2))
+    with TestClient(create_app(service)) as client:
+        answer = client.post("/translate", json={"text": LINES, "beam": 2}).json()
+        assert answer["translations"] == expected
+        seen = client.post("/translate", json={"text": LINES[0], "attention": True}).json()
+    attention = seen["attention"]
+    assert attention["source"][-1] == "</s>" and attention["output"][-1] == "</s>"
+    assert len(attention["weights"]) == len(attention["output"])
+    assert all(abs(sum(row) - 1) < 1e-3 for row in attention["weights"])
+    done = run_cli("attention", str(run_dir), LINES[0], "--out", str(tmp_path / "a.png"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "a.png").stat().st_size > 1000
