@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -180,7 +181,15 @@ def test_mixed_precision_decoding_agrees_with_fp32(trained_run, device):
 
     fp32.model.decode_step = recording_step
     lines = (trained_run / "data" / "valid.en").read_text(encoding="utf-8").splitlines()[:40]
-    ours = [h[0] for h in bf16.translate(lines, bf16.options.replace(beam=2))]
+    try:
+        ours = [h[0] for h in bf16.translate(lines, bf16.options.replace(beam=2))]
+    except RuntimeError as error:
+        # PyTorch's CPU bf16 attention kernel checks the hardware for AVX-512 (it packs with
+        # VNNI) but runs the dispatched AVX2 code when ATEN_CPU_CAPABILITY=avx2 emulates an
+        # AVX2 CPU on an AVX-512 one; on real AVX2 hardware it takes another path and runs.
+        if "pack_vnni2" in str(error) and os.environ.get("ATEN_CPU_CAPABILITY"):
+            pytest.skip("bf16 attention cannot run under ATEN_CPU_CAPABILITY emulation")
+        raise
     autocast_steps, steps = steps, []
     reference = [h[0] for h in fp32.translate(lines, fp32.options.replace(beam=2))]
     assert autocast_steps and set(autocast_steps) == {(True, torch.float32)}

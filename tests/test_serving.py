@@ -648,7 +648,8 @@ def test_serve_command_errors_are_one_line(cli, tmp_path, runs):
 # Random requests (issue 18's fuzz suite, for the HTTP API) ----------------------------------------
 
 JSON_VALUE = st.recursive(
-    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.floats(allow_nan=False)
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12)
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=40),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
