@@ -40,6 +40,7 @@ from attnkit.data.binarize import ARRAY_FILES, binarize
 from attnkit.data.corpus import FilterReport, TokenizedCorpus
 from attnkit.data.tokenizer import Tokenizers
 from attnkit.errors import UserError
+from attnkit.files import swap_in
 
 FORMAT = 1  # raise when the files or the filtering change, so old caches are rebuilt
 MANIFEST = "manifest.json"
@@ -294,7 +295,7 @@ def _build(
         )
         manifest = {"key": key, "report": dataclasses.asdict(report), "arrays": arrays}
         _write_synced(staging / MANIFEST, json.dumps(manifest, indent=1).encode())
-        _replace_dir(staging, cache_dir)
+        swap_in(staging, cache_dir)
     except OSError as error:
         where = error.filename or cache_dir
         raise UserError(f"{where}: {error.strerror} (building the corpus cache)") from None
@@ -308,19 +309,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Put `staging` at `target`, moving any old `target` aside first, then deleting it."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        target.rename(old)
-    staging.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    descriptor = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)  # the renames themselves reach the disk
-    finally:
-        os.close(descriptor)

@@ -66,16 +66,22 @@ def _stream(path: Path) -> Iterator[str]:
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from None
     with handle:
-        lines_done, pending = 0, b""
-        for block in _blocks(handle):
-            block = pending + block
-            end = block.rfind(b"\n") + 1  # decode whole lines only: a character may span blocks
-            pending = block[end:]
-            lines = _decode(block[:end], path, lines_done).split("\n")[:-1]
-            lines_done += len(lines)
-            yield from (line[:-1] if line.endswith("\r") else line for line in lines)
-        if pending:  # a last line without a line terminator
-            yield _decode(pending, path, lines_done)
+        yield from _lines(handle, path)
+
+
+def _lines(handle: BinaryIO, name: Path) -> Iterator[str]:
+    """The lines of an open binary file, decoded a block of whole lines at a time; `name` is
+    what errors call it."""
+    lines_done, pending = 0, b""
+    for block in _blocks(handle):
+        block = pending + block
+        end = block.rfind(b"\n") + 1  # decode whole lines only: a character may span blocks
+        pending = block[end:]
+        lines = _decode(block[:end], name, lines_done).split("\n")[:-1]
+        lines_done += len(lines)
+        yield from (line[:-1] if line.endswith("\r") else line for line in lines)
+    if pending:  # a last line without a line terminator
+        yield _decode(pending, name, lines_done)
 
 
 def _blocks(handle: BinaryIO) -> Iterator[bytes]:
@@ -466,13 +472,4 @@ def _offsets(lengths: list[np.ndarray]) -> np.ndarray:
 def iter_stdin() -> Iterator[str]:
     """The lines of standard input as `iter_lines` gives a file's, each as soon as it arrives;
     invalid UTF-8 is a UserError naming the line of "standard input"."""
-    lines_done, pending, name = 0, b"", Path("standard input")
-    for block in _blocks(sys.stdin.buffer):
-        block = pending + block
-        end = block.rfind(b"\n") + 1
-        pending = block[end:]
-        lines = _decode(block[:end], name, lines_done).split("\n")[:-1]
-        lines_done += len(lines)
-        yield from (line[:-1] if line.endswith("\r") else line for line in lines)
-    if pending:
-        yield _decode(pending, name, lines_done)
+    return _lines(sys.stdin.buffer, Path("standard input"))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import itertools
 import math
-import os
 import random
 import re
 import shutil
@@ -35,6 +34,7 @@ from attnkit.data.vocab import (
     Tokenizers,
 )
 from attnkit.errors import UserError
+from attnkit.files import swap_in
 
 SPECIAL_IDS = (PAD_ID, BOS_ID, EOS_ID)  # dropped before decoding; UNK still decodes (to " ⁇ ")
 MODEL_TYPES = ("unigram", "bpe")
@@ -258,13 +258,7 @@ def replacing_dir(target: Path) -> Iterator[Path]:
     try:
         yield staging
         staging.chmod(0o755)  # mkdtemp makes it private to the user
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old{os.getpid()}")
-            target.rename(old)
-        staging.rename(target)
-        if old is not None:
-            shutil.rmtree(old)
+        swap_in(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
 
