@@ -72,7 +72,7 @@ def binarize(
         desc="tokenize",
         unit="line",
         unit_scale=True,
-        disable=not progress,
+        disable=None if progress else True,  # on a terminal only: no bar lines in a log file
         file=sys.stderr,
     )
     with _ArrayWriter(out_dir, dtype) as writer, bar:
