@@ -98,33 +98,11 @@ def read_marian_config(directory: Path) -> MarianShape:
     generation = read_json(generation_path) if generation_path.is_file() else {}
     settings = MARIAN_DEFAULTS | raw
 
-    def value(key: str, kind: type, source: dict[str, Any] = settings) -> Any:
-        found = source[key]
-        if kind is float and isinstance(found, int) and not isinstance(found, bool):
-            found = float(found)
-        if not isinstance(found, kind) or (kind is int and isinstance(found, bool)):
-            raise UserError(f"{path}: {key} is {found!r}, expected {kind.__name__}")
-        return found
+    def value(key: str, kind: type) -> Any:
+        return _typed(settings, key, kind, path)
 
-    for key, expected in LEGACY_KEYS.items():
-        if key in raw and raw[key] != expected:
-            raise UserError(
-                f"{path}: {key}={json.dumps(raw[key])} is not supported "
-                f"(MarianMTModel and attnkit compute {key}={json.dumps(expected)})"
-            )
-    for ours, theirs in (("heads", "attention_heads"), ("ffn_dim", "ffn_dim")):
-        encoder, decoder = settings[f"encoder_{theirs}"], settings[f"decoder_{theirs}"]
-        if encoder != decoder:
-            raise UserError(
-                f"{path}: encoder_{theirs} ({encoder}) differs from decoder_{theirs} "
-                f"({decoder}); attnkit's Transformer has one {ours} setting for both"
-            )
+    _refuse_what_attnkit_cannot_compute(raw, settings, path)
     activation = settings["activation_function"]
-    if activation not in ACTIVATIONS:
-        raise UserError(
-            f"{path}: activation_function {activation!r} is not supported "
-            f"(attnkit has {', '.join(ACTIVATIONS)})"
-        )
     shared = value("share_encoder_decoder_embeddings", bool)
     tied = value("tie_word_embeddings", bool)
     if shared and not tied:
@@ -170,6 +148,43 @@ def read_marian_config(directory: Path) -> MarianShape:
             if settings.get(key, 0) not in (0, None)
         ),
     )
+
+
+def _typed(settings: dict[str, Any], key: str, kind: type, path: Path) -> Any:
+    """`settings[key]` checked to be a `kind` (an int is a float too; a bool is no int)."""
+    found = settings[key]
+    if kind is float and isinstance(found, int) and not isinstance(found, bool):
+        found = float(found)
+    if not isinstance(found, kind) or (kind is int and isinstance(found, bool)):
+        raise UserError(f"{path}: {key} is {found!r}, expected {kind.__name__}")
+    return found
+
+
+def _refuse_what_attnkit_cannot_compute(
+    raw: dict[str, Any], settings: dict[str, Any], path: Path
+) -> None:
+    """A UserError naming the first setting of a Marian config attnkit's Transformer cannot
+    compute: the legacy options of early conversions, encoder and decoder of different heads
+    or widths, an unknown activation."""
+    for key, expected in LEGACY_KEYS.items():
+        if key in raw and raw[key] != expected:
+            raise UserError(
+                f"{path}: {key}={json.dumps(raw[key])} is not supported "
+                f"(MarianMTModel and attnkit compute {key}={json.dumps(expected)})"
+            )
+    for ours, theirs in (("heads", "attention_heads"), ("ffn_dim", "ffn_dim")):
+        encoder, decoder = settings[f"encoder_{theirs}"], settings[f"decoder_{theirs}"]
+        if encoder != decoder:
+            raise UserError(
+                f"{path}: encoder_{theirs} ({encoder}) differs from decoder_{theirs} "
+                f"({decoder}); attnkit's Transformer has one {ours} setting for both"
+            )
+    activation = settings["activation_function"]
+    if activation not in ACTIVATIONS:
+        raise UserError(
+            f"{path}: activation_function {activation!r} is not supported "
+            f"(attnkit has {', '.join(ACTIVATIONS)})"
+        )
 
 
 def _one_id(settings: dict[str, Any], key: str, path: Path) -> int:
