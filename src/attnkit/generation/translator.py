@@ -22,7 +22,8 @@ from attnkit.data.batching import encode_source_batches
 from attnkit.data.tokenizer import Tokenizers
 from attnkit.errors import UserError
 from attnkit.generation.attention import teacher_forced_attention
-from attnkit.generation.search import SearchOptions, beam_search, greedy_search
+from attnkit.generation.beam import beam_search
+from attnkit.generation.search import SearchOptions, greedy_search
 from attnkit.runs.load import load_run
 
 

@@ -98,8 +98,9 @@ class KVCache:
         value_buffer[:, :, start:end] = values
         return KVCache(key_buffer, value_buffer, end)
 
-    def reorder(self, indices: Tensor) -> KVCache:
-        """The cache of batch rows `indices` (B',), in that order.
+    def reorder(self, indices: Tensor, *, drop: int = 0) -> KVCache:
+        """The cache of batch rows `indices` (B',), in that order, without its first `drop`
+        positions (those no row attends to any more).
 
         Only the filled positions are copied, into buffers of the same capacity, which halves
         what beam search copies at a step on average (0.29 ms against 0.46 for 320 rows, 17 of
@@ -107,14 +108,35 @@ class KVCache:
         """
         if torch.is_grad_enabled() and self.key_buffer.requires_grad:
             keys, values = (
-                b.index_select(0, indices) for b in (self.key_buffer, self.value_buffer)
+                b.index_select(0, indices)[:, :, drop:]
+                for b in (self.key_buffer, self.value_buffer)
             )
-            return KVCache(keys, values, self.length)
+            return KVCache(keys, values, self.length - drop)
+        length = self.length - drop
         shape = (indices.numel(), *self.key_buffer.shape[1:])
         keys, values = self.key_buffer.new_empty(shape), self.value_buffer.new_empty(shape)
-        torch.index_select(self.keys, 0, indices, out=keys[:, :, : self.length])
-        torch.index_select(self.values, 0, indices, out=values[:, :, : self.length])
-        return KVCache(keys, values, self.length)
+        torch.index_select(self.keys[:, :, drop:], 0, indices, out=keys[:, :, :length])
+        torch.index_select(self.values[:, :, drop:], 0, indices, out=values[:, :, :length])
+        return KVCache(keys, values, length)
+
+    def join(self, other: KVCache) -> KVCache:
+        """The rows of this cache, then those of `other`, the shorter one's positions moved to
+        the end (zeros before them) so that both end at the same position: the next position
+        appended is the next of every row."""
+        length = max(self.length, other.length)
+        capacity = max(self.key_buffer.size(2), other.key_buffer.size(2), length)
+        # An empty cache is float32 even under autocast: the filled one says the type.
+        dtype = (self if self.length >= other.length else other).key_buffer.dtype
+
+        def at_end(filled: Tensor) -> Tensor:
+            batch, heads, filled_length, head_dim = filled.shape
+            buffer = filled.new_zeros(batch, heads, capacity, head_dim, dtype=dtype)
+            buffer[:, :, length - filled_length : length] = filled
+            return buffer
+
+        keys = torch.cat([at_end(self.keys), at_end(other.keys)])
+        values = torch.cat([at_end(self.values), at_end(other.values)])
+        return KVCache(keys, values, length)
 
 
 def _moved(filled: Tensor, incoming: Tensor, capacity: int) -> Tensor:
@@ -192,11 +214,18 @@ class MultiHeadAttention(nn.Module):
         return KVCache(empty, empty, 0)
 
     def extend(
-        self, query: Tensor, cache: KVCache, *, need_weights: bool = False
+        self,
+        query: Tensor,
+        cache: KVCache,
+        *,
+        key_mask: Tensor | None = None,
+        need_weights: bool = False,
     ) -> tuple[Attended, KVCache]:
         """Causal self-attention for n new positions `query` (B, n, D) after those in `cache`.
 
-        Returns the attention of the new positions and the cache extended by them.
+        `key_mask` (B, 1, 1, t) hides the cached positions of other rows' earlier steps, where
+        rows started at different steps (`TransformerState`). Returns the attention of the new
+        positions and the cache extended by them.
         """
         q, k, v = self._split_heads(self.in_proj(query))
         cache = cache.append(k, v)
@@ -205,6 +234,8 @@ class MultiHeadAttention(nn.Module):
         mask = (
             None if n == 1 else torch.ones(n, t, dtype=torch.bool, device=query.device).tril(t - n)
         )
+        if key_mask is not None:
+            mask = key_mask if mask is None else mask & key_mask
         attended = self._attend(q, cache.keys, cache.values, mask=mask, need_weights=need_weights)
         return attended, cache
 
