@@ -126,16 +126,15 @@ class KVCache:
         length = max(self.length, other.length)
         capacity = max(self.key_buffer.size(2), other.key_buffer.size(2), length)
         # An empty cache is float32 even under autocast: the filled one says the type.
-        dtype = (self if self.length >= other.length else other).key_buffer.dtype
-
-        def at_end(filled: Tensor) -> Tensor:
-            batch, heads, filled_length, head_dim = filled.shape
-            buffer = filled.new_zeros(batch, heads, capacity, head_dim, dtype=dtype)
-            buffer[:, :, length - filled_length : length] = filled
-            return buffer
-
-        keys = torch.cat([at_end(self.keys), at_end(other.keys)])
-        values = torch.cat([at_end(self.values), at_end(other.values)])
+        like = (self if self.length >= other.length else other).key_buffer
+        rows = self.key_buffer.size(0)
+        shape = (rows + other.key_buffer.size(0), like.size(1), capacity, like.size(3))
+        keys, values = like.new_empty(shape), like.new_empty(shape)
+        for buffer, name in ((keys, "keys"), (values, "values")):  # each row copied once
+            for part, cache in ((buffer[:rows], self), (buffer[rows:], other)):
+                start = length - cache.length
+                part[:, :, :start].zero_()
+                part[:, :, start:length] = getattr(cache, name)
         return KVCache(keys, values, length)
 
 

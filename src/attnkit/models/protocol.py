@@ -174,25 +174,22 @@ def select_positions(hidden: Tensor, positions: Tensor | None) -> Tensor:
 
 
 def cat_padded(first: Tensor, second: Tensor) -> Tensor:
-    """`first` and `second` (B1, ...) and (B2, ...) stacked on dimension 0, after padding the
-    smaller of the two, at the end, along the one other dimension where their sizes differ."""
+    """`first` and `second` (B1, ...) and (B2, ...) stacked on dimension 0, the smaller of the
+    two padded with zeros (False) at the end of the one other dimension where their sizes
+    differ. Each is copied once, into the result."""
     differ = [d for d in range(1, first.dim()) if first.size(d) != second.size(d)]
     if len(differ) > 1:
         raise ValueError(f"cannot join {tuple(first.shape)} and {tuple(second.shape)}")
-    if differ:
-        (dim,) = differ
-        size = max(first.size(dim), second.size(dim))
-        first, second = (_pad_to(x, dim, size) for x in (first, second))
-    return torch.cat([first, second])
-
-
-def _pad_to(x: Tensor, dim: int, size: int) -> Tensor:
-    """`x` padded with zeros (False) at the end of dimension `dim` to `size`."""
-    if x.size(dim) == size:
-        return x
-    shape = list(x.shape)
-    shape[dim] = size - x.size(dim)
-    return torch.cat([x, x.new_zeros(shape)], dim)
+    if not differ:
+        return torch.cat([first, second])
+    (dim,) = differ
+    shape = list(first.shape)
+    shape[0], shape[dim] = first.size(0) + second.size(0), max(first.size(dim), second.size(dim))
+    joined = first.new_empty(shape)
+    for part, x in ((joined[: first.size(0)], first), (joined[first.size(0) :], second)):
+        part.narrow(dim, 0, x.size(dim)).copy_(x)
+        part.narrow(dim, x.size(dim), shape[dim] - x.size(dim)).zero_()
+    return joined
 
 
 def padding_mask(tokens: Tensor, pad_id: int = 0) -> Tensor:
