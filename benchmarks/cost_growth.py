@@ -33,8 +33,7 @@ from peers_result import peak_rss_mib
 
 from attnkit.config import ModelConfig
 from attnkit.data.batching import Batch
-from attnkit.generation.beam import beam_search
-from attnkit.generation.search import SearchOptions
+from attnkit.generation.search import SearchOptions, beam_search
 from attnkit.models.build import build_model
 from attnkit.models.transformer import TRANSFORMER_PRESETS
 from attnkit.runtime import keep_freed_memory

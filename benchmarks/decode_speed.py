@@ -27,8 +27,7 @@ from torch import Tensor, nn
 from attnkit import runtime
 from attnkit.data.batching import encode_source_batches
 from attnkit.data.corpus import read_lines
-from attnkit.generation.beam import beam_search
-from attnkit.generation.search import Hypothesis, SearchOptions
+from attnkit.generation.search import Hypothesis, SearchOptions, beam_search
 from attnkit.generation.translator import Translator
 from attnkit.models.protocol import Memory, Step
 from attnkit.models.softmax import log_softmax

@@ -4,7 +4,7 @@ Starts the server on a run (127.0.0.1, a free port, its own process), then for e
 concurrent clients (default 1, 8, 32) sends the first `--requests` lines of a file, one sentence
 a request at `--beam`, each client on its own keep-alive connection taking the next line as soon
 as its previous answer came. Reports sentences/s, p50/p95/p99 latency, errors and the mean batch
-the server decoded (the sentences decoding at a decoder step, from GET /health), and, in the same run, the offline rate of `attnkit
+the server decoded (from GET /health), and, in the same run, the offline rate of `attnkit
 translate` on the same lines (the `Translator` in this process with the command's settings,
 model loading not counted). Checks the targets of issue 20: no errors; 32 clients at least 4x
 the 1-client rate and at least 70% of the offline rate; p95 at 8 clients within 3x of the
@@ -47,8 +47,8 @@ class Level:
     seconds: float
     latencies: list[float]
     errors: int
-    steps: int  # decoder steps the server ran
-    sentence_steps: int  # the sentences decoding at each step, summed
+    batches: int
+    sentences: int
     busy: float  # seconds the server's model spent decoding
 
     @property
@@ -163,8 +163,8 @@ def run_level(port: int, lines: list[str], clients: int, beam: int) -> Level:
         seconds,
         latencies,
         errors[0],
-        after["steps"] - before["steps"],
-        after["sentence_steps"] - before["sentence_steps"],
+        after["batches"] - before["batches"],
+        after["sentences"] - before["sentences"],
         after["decoding_seconds"] - before["decoding_seconds"],
     )
 
@@ -177,8 +177,8 @@ def merge(rounds: list[Level]) -> Level:
         sum(level.seconds for level in rounds),
         [latency for level in rounds for latency in level.latencies],
         sum(level.errors for level in rounds),
-        sum(level.steps for level in rounds),
-        sum(level.sentence_steps for level in rounds),
+        sum(level.batches for level in rounds),
+        sum(level.sentences for level in rounds),
         sum(level.busy for level in rounds),
     )
 
@@ -191,7 +191,7 @@ def report(levels: list[Level], offline: float) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for level in levels:
-        mean_batch = level.sentence_steps / max(level.steps, 1)
+        mean_batch = level.sentences / max(level.batches, 1)
         rows.append(
             f"| {level.clients} | {level.requests} | {level.rate:.1f} | {level.percentile(50):.0f}"
             f" | {level.percentile(95):.0f} | {level.percentile(99):.0f} | {level.errors}"

@@ -20,8 +20,7 @@ from safetensors.torch import load_file
 
 from attnkit.data.synthetic import generate_pairs
 from attnkit.errors import UserError
-from attnkit.generation.beam import beam_search
-from attnkit.generation.search import SearchOptions, greedy_search
+from attnkit.generation.search import SearchOptions, beam_search, greedy_search
 from attnkit.interop.hf import export_hf, import_hf
 from attnkit.runs.load import load_run
 

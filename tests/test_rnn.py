@@ -14,8 +14,7 @@ from attnkit.config import ModelConfig
 from attnkit.config import load as load_config
 from attnkit.data.synthetic import reverse_task
 from attnkit.errors import UserError
-from attnkit.generation.beam import beam_search
-from attnkit.generation.search import SearchOptions, greedy_search
+from attnkit.generation.search import SearchOptions, beam_search, greedy_search
 from attnkit.models.attention import LUONG_SCORES, AdditiveAttention, LuongAttention
 from attnkit.models.build import build_model
 from attnkit.models.protocol import padding_mask

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from attnkit.errors import UserError
-from attnkit.generation.beam import beam_search
 from attnkit.generation.search import (
     SearchOptions,
+    beam_search,
     gnmt_length_penalty,
     greedy_search,
     max_lengths,

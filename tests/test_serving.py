@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attnkit.errors import UserError
-from attnkit.serving.batcher import Batcher, DecodeFailed, QueueFull, ShuttingDown
+from attnkit.serving.batcher import Batcher, DecodeFailed, QueueFull
 from attnkit.serving.catalog import load_models, model_names
 from attnkit.serving.limits import Limits
 from attnkit.serving.model_thread import ModelThread
@@ -272,51 +272,26 @@ def test_a_model_without_attention_says_so(client):
 # The batcher ----------------------------------------------------------------------------------
 
 
-class FakeStreams:
-    """Streams that decode "word:n" in n steps (1 without ":n") and answer WORD, each step
-    taking `delay` seconds; a step with `fail_on` decoding raises. Records every add and step."""
+class FakeDecoder:
+    """Records each batch (key, payloads) and answers each payload with itself upper-cased."""
 
     def __init__(self, delay: float = 0.0, fail_on: str | None = None) -> None:
+        self.batches: list[tuple[object, list[str]]] = []
+        self.started: list[float] = []  # time.monotonic() at each batch's start
         self.delay, self.fail_on = delay, fail_on
-        self.adds: list[tuple[object, list[str]]] = []  # (key, payloads) of each add
-        self.steps: list[tuple[object, list[str]]] = []  # (key, payloads decoding) of each step
 
-    def __call__(self, key):
-        return FakeStream(self, key)
-
-
-class FakeStream:
-    def __init__(self, streams: FakeStreams, key) -> None:
-        self.streams, self.key = streams, key
-        self.left: dict[object, tuple[str, int]] = {}  # handle -> (payload, steps to go)
-
-    def __len__(self) -> int:
-        return len(self.left)
-
-    def add(self, sentences):
-        self.streams.adds.append((self.key, [payload for _, payload in sentences]))
-        for handle, payload in sentences:
-            self.left[handle] = (payload, int(payload.partition(":")[2] or 1))
-
-    def step(self):
-        payloads = [payload for payload, _ in self.left.values()]
-        self.streams.steps.append((self.key, payloads))
-        time.sleep(self.streams.delay)
-        if self.streams.fail_on in payloads:
+    def __call__(self, key, payloads):
+        self.batches.append((key, list(payloads)))
+        self.started.append(time.monotonic())
+        time.sleep(self.delay)
+        if self.fail_on in payloads:
             raise RuntimeError("boom")
-        done = []
-        for handle, (payload, steps) in list(self.left.items()):
-            if steps == 1:
-                del self.left[handle]
-                done.append((handle, payload.partition(":")[0].upper()))
-            else:
-                self.left[handle] = (payload, steps - 1)
-        return done
+        return [payload.upper() for payload in payloads]
 
 
-def _batcher(streams, **options):
-    settings = {"max_tokens": 100, "max_wait_s": 0.0, "max_pending": 50, **options}
-    batcher = Batcher(streams, **settings)
+def _batcher(decoder, **options):
+    settings = {"max_tokens": 100, "max_wait_s": 0.05, "max_pending": 50, **options}
+    batcher = Batcher(decoder, **settings)
     batcher.start()
     return batcher
 
@@ -325,77 +300,80 @@ def _run(coroutine):
     return asyncio.run(coroutine)
 
 
-def test_a_sentence_joins_a_running_batch_at_the_next_step_and_leaves_when_done():
-    streams = FakeStreams(delay=0.01)
-    batcher = _batcher(streams)
-    answered = []
-
-    async def timed(payloads):
-        result = await batcher.submit("k", [(p, 1) for p in payloads])
-        answered.append(result)
-        return result
+def test_requests_arriving_together_share_a_batch_within_the_budget():
+    decoder = FakeDecoder(delay=0.05)
+    batcher = _batcher(decoder)
 
     async def main():
-        long = asyncio.ensure_future(timed(["long:30"]))
-        await asyncio.sleep(0.05)  # "long" is a few steps in
-        return await asyncio.gather(long, timed(["short:2", "mid:5"]), timed(["other:1"]))
+        first = asyncio.ensure_future(batcher.submit("k", [("first", 10)]))
+        await asyncio.sleep(0.02)  # a lone request goes at once; these queue while it decodes
+        return await asyncio.gather(
+            first,
+            batcher.submit("k", [("a", 10), ("b", 10)]),
+            batcher.submit("k", [("c", 10)]),
+            batcher.submit("other", [("d", 10)]),  # another search: another batch
+        )
 
     try:
-        assert _run(main()) == [["LONG"], ["SHORT", "MID"], ["OTHER"]]
+        assert _run(main()) == [["FIRST"], ["A", "B"], ["C"], ["D"]]
     finally:
         batcher.close()
-    assert answered[-1] == ["LONG"]  # the short ones were answered while it decoded on
-    assert streams.adds[0] == ("k", ["long:30"]) and len(streams.adds) <= 3
-    shared = [payloads for _, payloads in streams.steps if len(payloads) > 1]
-    assert shared and all("long:30" in payloads for payloads in shared)
-    assert batcher.stats.sentences == 4 and batcher.stats.steps == 30
-    assert batcher.stats.sentence_steps == sum(len(p) for _, p in streams.steps)
+    assert [sorted(p) for _, p in decoder.batches] == [["first"], ["a", "b", "c"], ["d"]]
+    assert batcher.stats.batches == 3 and batcher.stats.sentences == 5
 
 
-def test_sentences_arriving_together_join_together_after_max_wait():
-    streams = FakeStreams(delay=0.005)
-    batcher = _batcher(streams, max_wait_s=0.1)
+def test_a_batch_waits_for_the_requests_its_last_batch_answered():
+    decoder = FakeDecoder(delay=0.05)
+    batcher = _batcher(decoder, max_wait_s=1.0)
 
     async def main():
-        long = asyncio.ensure_future(batcher.submit("k", [("long:60", 1)]))  # idle: goes at once
+        await asyncio.sleep(0)
+        busy = asyncio.ensure_future(batcher.submit("k", [("busy", 1)]))
         await asyncio.sleep(0.02)
-        first = asyncio.ensure_future(batcher.submit("k", [("a", 1)]))
-        await asyncio.sleep(0.03)
-        return await asyncio.gather(long, first, batcher.submit("k", [("b", 1)]))
+        await asyncio.gather(batcher.submit("k", [("a", 1)]), batcher.submit("k", [("b", 1)]))
+        await busy
+        # The last batch answered two requests: one alone waits (here 0.1 s) for a second.
+        started = time.monotonic()
+        second = asyncio.ensure_future(batcher.submit("k", [("d", 1)]))
+        await asyncio.sleep(0.1)
+        await asyncio.gather(batcher.submit("k", [("c", 1)]), second)
+        return time.monotonic() - started
 
     try:
-        assert _run(main()) == [["LONG"], ["A"], ["B"]]
+        took = _run(main())
     finally:
         batcher.close()
-    assert streams.adds == [("k", ["long:60"]), ("k", ["a", "b"])]
+    assert [sorted(p) for _, p in decoder.batches] == [["busy"], ["a", "b"], ["c", "d"]]
+    assert took < 0.5  # far less than max_wait_s: it went as soon as its company came
 
 
-def test_the_budget_bounds_every_step_and_an_oversize_sentence_goes_alone():
-    streams = FakeStreams()
-    batcher = _batcher(streams, max_tokens=40)
-    costs = {"a:3": 10, "b:2": 10, "c:4": 10, "d": 10, "e:2": 10, "big:2": 90}
+def test_the_budget_splits_a_request_and_an_oversize_sentence_goes_alone():
+    decoder = FakeDecoder()
+    batcher = _batcher(decoder, max_tokens=40)
 
     async def main():
-        return await batcher.submit("k", list(costs.items()))
+        return await batcher.submit("k", [("a", 10), ("b", 10), ("c", 10), ("d", 10), ("e", 90)])
 
     try:
-        assert _run(main()) == ["A", "B", "C", "D", "E", "BIG"]
+        assert _run(main()) == ["A", "B", "C", "D", "E"]
     finally:
         batcher.close()
-    for _, payloads in streams.steps:
-        assert len(payloads) == 1 or len(payloads) * max(costs[p] for p in payloads) <= 40
-    assert max(len(payloads) for _, payloads in streams.steps) == 4
-    assert ["big:2"] in [payloads for _, payloads in streams.steps]
+    sizes = sorted(len(p) for _, p in decoder.batches)
+    assert sizes == [1, 4]  # 4 x 10 fits 40; the 90-token one alone
+    for _, payloads in decoder.batches:
+        assert len(payloads) == 1 or len(payloads) * 10 <= 40
 
 
 def test_a_long_request_does_not_hold_up_a_short_one_behind_it():
-    streams = FakeStreams(delay=0.01)
-    batcher = _batcher(streams, max_tokens=40)
+    decoder = FakeDecoder(delay=0.05)
+    batcher = _batcher(decoder, max_tokens=40, max_wait_s=0.01)
+    arrived = []
 
     async def main():
-        long = asyncio.ensure_future(batcher.submit("k", [(f"l{i}:3", 20) for i in range(8)]))
-        await asyncio.sleep(0.015)  # the long request's first two sentences are decoding
-        short = await batcher.submit("k", [("s:3", 20)])
+        long = asyncio.ensure_future(batcher.submit("k", [(f"l{i}", 20) for i in range(8)]))
+        await asyncio.sleep(0.02)  # the long request's first batch is being decoded
+        arrived.append(time.monotonic())
+        short = await batcher.submit("k", [("s", 5)])
         return short, await long
 
     try:
@@ -403,36 +381,20 @@ def test_a_long_request_does_not_hold_up_a_short_one_behind_it():
     finally:
         batcher.close()
     assert short == ["S"] and long == [f"L{i}" for i in range(8)]
-    added = [payload for _, payloads in streams.adds for payload in payloads]
-    # It took the first free row: after the 2 long sentences decoding, before the other 6.
-    assert added.index("s:3") <= 3
+    in_batch = next(i for i, (_, payloads) in enumerate(decoder.batches) if "s" in payloads)
+    # Of the batches that started after the short request came, at most one went before it,
+    # and the long request still had batches to go after it: it did not wait for them all.
+    ahead = [t for t in decoder.started[:in_batch] if t > arrived[0]]
+    assert len(ahead) <= 1 and in_batch < len(decoder.batches) - 1
 
 
-def test_each_search_decodes_in_its_own_stream():
-    streams = FakeStreams(delay=0.005)
-    batcher = _batcher(streams)
-
-    async def main():
-        return await asyncio.gather(
-            batcher.submit("k", [("a:4", 1), ("b:2", 1)]), batcher.submit("other", [("c:3", 1)])
-        )
-
-    try:
-        assert _run(main()) == [["A", "B"], ["C"]]
-    finally:
-        batcher.close()
-    for key, payloads in streams.steps:
-        assert {p[0] for p in payloads} <= ({"a", "b"} if key == "k" else {"c"})
-    assert {key for key, _ in streams.steps} == {"k", "other"}
-
-
-def test_a_failed_stream_fails_its_sentences_and_the_worker_goes_on(capfd):
-    streams = FakeStreams(fail_on="bad:2")
-    batcher = _batcher(streams)
+def test_a_failed_batch_fails_its_requests_and_the_worker_goes_on(capfd):
+    decoder = FakeDecoder(fail_on="bad")
+    batcher = _batcher(decoder, max_wait_s=0.0)
 
     async def main():
         with pytest.raises(DecodeFailed):
-            await batcher.submit("k", [("bad:2", 1)])
+            await batcher.submit("k", [("bad", 1)])
         return await batcher.submit("k", [("good", 1)])
 
     try:
@@ -443,11 +405,11 @@ def test_a_failed_stream_fails_its_sentences_and_the_worker_goes_on(capfd):
 
 
 def test_a_cancelled_request_leaves_the_queue_and_a_full_queue_refuses():
-    streams = FakeStreams(delay=0.1)
-    batcher = _batcher(streams, max_pending=3, max_wait_s=10.0)  # a running batch takes no one
+    decoder = FakeDecoder(delay=0.1)
+    batcher = _batcher(decoder, max_wait_s=0.0, max_pending=3)
 
     async def main():
-        first = asyncio.ensure_future(batcher.submit("k", [("busy:3", 1)]))
+        first = asyncio.ensure_future(batcher.submit("k", [("busy", 1)]))
         await asyncio.sleep(0.03)  # the worker is decoding "busy" now
         gone = asyncio.ensure_future(batcher.submit("k", [("gone", 1)]))
         await asyncio.sleep(0.01)
@@ -461,23 +423,7 @@ def test_a_cancelled_request_leaves_the_queue_and_a_full_queue_refuses():
         time.sleep(0.15)
     finally:
         batcher.close()
-    assert all("gone" not in payloads for _, payloads in streams.adds)
-
-
-def test_closing_finishes_the_sentences_decoding_and_refuses_the_waiting():
-    streams = FakeStreams(delay=0.02)
-    batcher = _batcher(streams, max_wait_s=10.0)
-
-    async def main():
-        running = asyncio.ensure_future(batcher.submit("k", [("running:5", 1)]))
-        await asyncio.sleep(0.03)
-        waiting = asyncio.ensure_future(batcher.submit("k", [("waiting", 1)]))
-        await asyncio.sleep(0.01)
-        await asyncio.to_thread(batcher.close, 5.0)
-        return await asyncio.gather(running, waiting, return_exceptions=True)
-
-    running, waiting = _run(main())
-    assert running == ["RUNNING"] and isinstance(waiting, ShuttingDown)
+    assert all("gone" not in payloads for _, payloads in decoder.batches)
 
 
 def test_the_model_thread_runs_calls_in_order_and_hands_back_errors():
@@ -493,38 +439,21 @@ def test_the_model_thread_runs_calls_in_order_and_hands_back_errors():
         thread.close()
 
 
-def _decode(service, key, sentences, joining=()) -> dict:
-    """Decode `sentences` in one stream, `joining` ones added after two steps; by index."""
-    stream, found, step = service.open_stream(key), {}, 0
-    stream.add(list(enumerate(sentences)))
-    while len(stream) or step <= 2:
-        if step == 2:
-            stream.add([(len(sentences) + i, s) for i, s in enumerate(joining)])
-        found.update(stream.step())
-        step += 1
-    return found
-
-
-@pytest.mark.parametrize("model", ["transformer", "rnn"])
-def test_a_sentence_decodes_the_same_alone_and_in_a_running_batch(service, model):
+def test_a_sentence_decodes_the_same_alone_and_in_a_batch(service):
     from attnkit.serving.service import SearchKey, Sentence
 
-    translator = service.models[model].translator
+    translator = service.models["transformer"].translator
     lines = [*SENTENCES, "A dog runs.", "The man and the woman see a cat in the small house."]
     sentences = [
         Sentence(line, tuple(translator.tokenizers.src.encode([line])[0])) for line in lines
     ]
     for beam in (1, 3):
-        key = SearchKey(model, beam, 1)
-        together = _decode(service, key, sentences[:3], joining=sentences[3:])
-        offline = translator.translate(lines, translator.options.replace(beam=beam, nbest=1))
-        for i, sentence in enumerate(sentences):
-            alone = _decode(service, key, [sentence])[0]
-            assert together[i].hypotheses[0].text == alone.hypotheses[0].text
-            assert together[i].hypotheses[0].text == offline[i][0].text
-            assert together[i].hypotheses[0].score == pytest.approx(
-                alone.hypotheses[0].score, abs=1e-5
-            )
+        key = SearchKey("transformer", beam, 1)
+        together = service.decode(key, sentences)
+        for sentence, batched in zip(sentences, together, strict=True):
+            alone = service.decode(key, [sentence])[0]
+            assert alone.hypotheses[0].text == batched.hypotheses[0].text
+            assert alone.hypotheses[0].score == pytest.approx(batched.hypotheses[0].score, abs=1e-5)
 
 
 # A real server: concurrency and HTTP faults -----------------------------------------------------
@@ -566,33 +495,16 @@ def test_it_listens_on_localhost_by_default(server):
     assert server.address[0] == "127.0.0.1"
 
 
-def _slow_steps(batcher, monkeypatch, seconds: float, added: list | None = None) -> None:
-    """Make each decoder step of the server take `seconds` longer; record the lines added."""
-    real = batcher.open_stream
-
-    def open_stream(key):
-        stream = real(key)
-        add, step = stream.add, stream.step
-
-        def recorded_add(sentences):
-            if added is not None:
-                added.extend(sentence.text for _, sentence in sentences)
-            add(sentences)
-
-        def slow_step():
-            time.sleep(seconds)
-            return step()
-
-        stream.add, stream.step = recorded_add, slow_step
-        return stream
-
-    monkeypatch.setattr(batcher, "open_stream", open_stream)
-
-
 def test_concurrent_clients_are_batched_and_answered_as_alone(server, monkeypatch):
     lines = [*SENTENCES, "A dog runs.", "The small cat sees the man.", "A woman reads a book."]
     alone = [_request(server, "POST", "/translate", {"text": line})[1] for line in lines]
-    _slow_steps(server.service.batcher, monkeypatch, 0.05)  # so that the requests overlap
+    real = server.service.batcher.decode
+
+    def slow(key, sentences):  # the first request's batch decodes while the others queue
+        time.sleep(0.3)
+        return real(key, sentences)
+
+    monkeypatch.setattr(server.service.batcher, "decode", slow)
     before = _request(server, "GET", "/health")[1]
     answers: dict[int, dict] = {}
 
@@ -611,10 +523,11 @@ def test_concurrent_clients_are_batched_and_answered_as_alone(server, monkeypatc
     assert [answers[i]["scores"] for i in range(len(lines))] == pytest.approx(
         [a["scores"] for a in alone], abs=1e-5
     )
-    steps, sentences, sentence_steps = (
-        after[name] - before[name] for name in ("steps", "sentences", "sentence_steps")
+    batches, sentences = (
+        after["batches"] - before["batches"],
+        after["sentences"] - before["sentences"],
     )
-    assert sentences == len(lines) and sentence_steps > steps  # some steps decoded several
+    assert sentences == len(lines) and batches < sentences  # some shared a batch
 
 
 def test_one_log_line_per_request(server):
@@ -674,21 +587,21 @@ def test_a_short_body_gets_408_quickly_or_ends_quietly(server, capfd):
 def test_a_client_that_leaves_mid_request_is_dropped_quietly(server, monkeypatch, capfd):
     decoded: list[str] = []
     threads: list[str] = []
-    _slow_steps(server.service.batcher, monkeypatch, 0.4, added=decoded)
-    translator = server.service.models["transformer"].translator
-    real_step = translator.model.decode_step
+    real = server.service.batcher.decode
 
-    def decode_step(*args, **kwargs):
+    def slow(key, sentences):
+        decoded.extend(sentence.text for sentence in sentences)
         threads.append(threading.current_thread().name)
-        return real_step(*args, **kwargs)
+        time.sleep(0.4)
+        return real(key, sentences)
 
-    monkeypatch.setattr(translator.model, "decode_step", decode_step)
+    monkeypatch.setattr(server.service.batcher, "decode", slow)
     server.lines.clear()
     body = json.dumps({"text": "The first sentence."}).encode()
     request = b"POST /translate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
     request += b"Content-Length: %d\r\n\r\n" % len(body)
     busy = threading.Thread(target=_raw, args=(server, request + body))
-    busy.start()  # its decoder steps take 0.4 s each
+    busy.start()  # keeps the worker decoding for 0.4 s
     time.sleep(0.1)
     left = json.dumps({"text": "Nobody reads this one."}).encode()
     with socket.create_connection(server.address) as sock:  # queued behind it, then gone
@@ -713,7 +626,7 @@ def test_a_failure_inside_the_model_is_a_500_and_the_server_goes_on(server, monk
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(translator.model, "decode_step", broken)
+    monkeypatch.setattr(translator, "translate", broken)
     status, answer = _request(server, "POST", "/translate", {"text": "A cat."})
     assert status == 500 and answer == {"error": "internal error"}
     assert capfd.readouterr().err.count("RuntimeError: boom") == 1

@@ -9,9 +9,6 @@ limit with a warning on stderr; never silently cut.
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Hashable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -25,8 +22,7 @@ from attnkit.data.batching import encode_source_batches
 from attnkit.data.tokenizer import Tokenizers
 from attnkit.errors import UserError
 from attnkit.generation.attention import teacher_forced_attention
-from attnkit.generation.beam import BeamSearch, beam_search
-from attnkit.generation.search import Hypothesis, SearchOptions, greedy_search
+from attnkit.generation.search import SearchOptions, beam_search, greedy_search
 from attnkit.runs.load import load_run
 
 
@@ -64,12 +60,9 @@ class Translator:
         run = load_run(run_dir, checkpoint=checkpoint, device=device)
         return cls(run.model, run.tokenizers, run.config, run.device)
 
-    def pieces(
-        self, line: str, ids: list[int], too_long: str = "split", number: int = 1
-    ) -> list[list[int]]:
-        """The token ids to decode for one line (its ids `ids`): itself, its first max_len tokens
-        (when the run was trained with data.truncate_source), or pieces of it split at spaces;
-        `too_long="error"` refuses a long line instead, naming it as line `number`."""
+    def _pieces(self, number: int, line: str, ids: list[int], too_long: str) -> list[list[int]]:
+        """The token ids to decode for one line: itself, its first max_len tokens (when the run was
+        trained with data.truncate_source), or pieces of it split at spaces."""
         if len(ids) <= self.max_len:
             return [ids]
         if self.config.data.truncate_source:
@@ -109,7 +102,7 @@ class Translator:
         for i, (line, ids) in enumerate(zip(lines, encoded, strict=True)):
             if not line.strip():
                 continue
-            for piece in self.pieces(line, ids, too_long, first_line + i):
+            for piece in self._pieces(first_line + i, line, ids, too_long):
                 owners.append(i)
                 pieces.append(piece)
         decoded = self.decode_ids(pieces, options or self.options, max_tokens, need_attention)
@@ -118,7 +111,7 @@ class Translator:
         for owner, hyps in zip(owners, decoded, strict=True):
             joined.setdefault(owner, []).append(hyps)
         for owner, parts in joined.items():
-            results[owner] = assemble(parts)
+            results[owner] = parts[0] if len(parts) == 1 else [_join([p[0] for p in parts])]
         return results
 
     def decode_ids(
@@ -150,20 +143,12 @@ class Translator:
                         ids=self.ids,
                     )  # fmt: skip
                 for index, hyps in zip(indices.tolist(), found, strict=True):
-                    out[index] = self.translations(hyps)
+                    texts = self.tokenizers.tgt.decode([h.tokens for h in hyps])
+                    out[index] = [
+                        Translation(text, h.score, h.tokens, h.attention)
+                        for text, h in zip(texts, hyps, strict=True)
+                    ]
         return out
-
-    def translations(self, hypotheses: list[Hypothesis]) -> list[Translation]:
-        """Search results as text."""
-        texts = self.tokenizers.tgt.decode([h.tokens for h in hypotheses])
-        return [
-            Translation(text, h.score, h.tokens, h.attention)
-            for text, h in zip(texts, hypotheses, strict=True)
-        ]
-
-    def stream(self, options: SearchOptions | None = None) -> TranslationStream:
-        """A running beam search that lines join between decoder steps (`TranslationStream`)."""
-        return TranslationStream(self, options or self.options)
 
     def cross_attention(self, text: str, tokens: list[int]) -> Tensor | None:
         """The cross-attention (L, H, T+1, S+1) behind the output `tokens` of `text`, teacher-
@@ -192,62 +177,7 @@ def warn_truncated(count: int, max_len: int) -> None:
         )
 
 
-def assemble(parts: list[list[Translation]]) -> list[Translation]:
-    """A line's translations from those of its pieces: the piece's own when it is whole, else
-    the best of each piece joined (the mean score, no attention)."""
-    if len(parts) == 1:
-        return parts[0]
-    best = [hypotheses[0] for hypotheses in parts]
-    text = " ".join(p.text for p in best if p.text)
-    tokens = [t for p in best for t in p.tokens]
-    return [Translation(text, sum(p.score for p in best) / len(best), tokens, None)]
-
-
-class TranslationStream:
-    """Lines decoding in a running beam search (`generation.beam.BeamSearch`) that others join
-    between decoder steps: continuous batching, for a server. `add` lines at any time; `step`
-    decodes one token of each and returns the lines done, with their translations, as
-    `Translator.translate` gives them (long lines split into pieces, as with
-    `too_long="split"`). Handles name the lines; the stream only hands them back.
-    """
-
-    def __init__(self, translator: Translator, options: SearchOptions) -> None:
-        self.translator = translator
-        self.search = BeamSearch(translator.model, options, ids=translator.ids)
-        self._lines: dict[Hashable, list[list[Translation] | None]] = {}  # pieces done so far
-
-    def __len__(self) -> int:
-        """The lines in progress."""
-        return len(self._lines)
-
-    def add(self, lines: list[tuple[Hashable, str, list[int]]]) -> None:
-        """Let `(handle, line, ids)` lines, none of them blank, decode from the next step on."""
-        translator, tags, pieces = self.translator, [], []
-        for handle, line, ids in lines:
-            parts = translator.pieces(line, ids)
-            self._lines[handle] = [None] * len(parts)
-            tags += [(handle, k) for k in range(len(parts))]
-            pieces += parts
-        with self._decoding():
-            for indices, src, src_mask in encode_source_batches(
-                pieces, max_tokens=sys.maxsize, ids=translator.ids
-            ):
-                device = translator.device
-                self.search.add(src.to(device), src_mask.to(device), [tags[i] for i in indices])
-
-    def step(self) -> list[tuple[Hashable, list[Translation]]]:
-        """Decode one more token of every line; the lines done, with their translations."""
-        with self._decoding():
-            finished = self.search.step()
-        done = []
-        for (handle, k), hypotheses in finished:
-            parts = self._lines[handle]
-            parts[k] = self.translator.translations(hypotheses)
-            if all(part is not None for part in parts):
-                del self._lines[handle]
-                done.append((handle, assemble(parts)))  # type: ignore[arg-type]
-        return done
-
-    def _decoding(self) -> contextlib.AbstractContextManager:
-        translator = self.translator
-        return runtime.autocast_for(translator.device, translator.config.decode.precision)
+def _join(parts: list[Translation]) -> Translation:
+    text = " ".join(p.text for p in parts if p.text)
+    tokens = [t for p in parts for t in p.tokens]
+    return Translation(text, sum(p.score for p in parts) / len(parts), tokens, None)

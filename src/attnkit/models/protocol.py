@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-import torch
 from torch import Tensor, nn
 
 
@@ -35,30 +34,12 @@ class Memory(NamedTuple):
             tuple(tensor.index_select(0, indices) for tensor in self.derived),
         )
 
-    def join(self, other: Memory) -> Memory:
-        """The rows of this memory, then those of `other`, the shorter source padded on the right
-        (zeros, mask False) to the longer: how a search admits sentences while it runs.
-
-        Only the source length can differ between two memories of one model, so each derived
-        tensor is padded along the one dimension where the two differ, wherever the model keeps
-        the source positions."""
-        return Memory(
-            cat_padded(self.states, other.states),
-            cat_padded(self.mask, other.mask),
-            tuple(cat_padded(a, b) for a, b in zip(self.derived, other.derived, strict=True)),
-        )
-
 
 class State(Protocol):
     """Decoder state between steps: a key/value cache or a recurrent hidden state."""
 
     def reorder(self, indices: Tensor) -> State:
         """Return the state of the batch rows `indices` (B',), in that order."""
-        ...
-
-    def join(self, other: State) -> State:
-        """The rows of this state, then those of `other`, each row going on from its own step
-        (a search admits new sentences, at their first step, beside rows further on)."""
         ...
 
 
@@ -173,25 +154,6 @@ def select_positions(hidden: Tensor, positions: Tensor | None) -> Tensor:
     return hidden.reshape(-1, hidden.size(-1)).index_select(0, positions)
 
 
-def cat_padded(first: Tensor, second: Tensor) -> Tensor:
-    """`first` and `second` (B1, ...) and (B2, ...) stacked on dimension 0, the smaller of the
-    two padded with zeros (False) at the end of the one other dimension where their sizes
-    differ. Each is copied once, into the result."""
-    differ = [d for d in range(1, first.dim()) if first.size(d) != second.size(d)]
-    if len(differ) > 1:
-        raise ValueError(f"cannot join {tuple(first.shape)} and {tuple(second.shape)}")
-    if not differ:
-        return torch.cat([first, second])
-    (dim,) = differ
-    shape = list(first.shape)
-    shape[0], shape[dim] = first.size(0) + second.size(0), max(first.size(dim), second.size(dim))
-    joined = first.new_empty(shape)
-    for part, x in ((joined[: first.size(0)], first), (joined[first.size(0) :], second)):
-        part.narrow(dim, 0, x.size(dim)).copy_(x)
-        part.narrow(dim, x.size(dim), shape[dim] - x.size(dim)).zero_()
-    return joined
-
-
 def padding_mask(tokens: Tensor, pad_id: int = 0) -> Tensor:
     """The mask of real tokens (B, L): True where `tokens` is not padding."""
     return tokens.ne(pad_id)
@@ -203,7 +165,6 @@ __all__ = [
     "State",
     "Step",
     "TeacherForcing",
-    "cat_padded",
     "padding_mask",
     "select_positions",
 ]

@@ -139,18 +139,6 @@ class RecurrentState:
             pick(self.feed, 0),
         )
 
-    def join(self, other: RecurrentState) -> RecurrentState:
-        """The rows of this state, then those of `other` (a recurrent state has no step count)."""
-
-        def cat(x: Tensor | None, y: Tensor | None, dim: int) -> Tensor | None:
-            return None if x is None or y is None else torch.cat([x, y], dim)
-
-        return RecurrentState(
-            torch.cat([self.hidden, other.hidden], 1),
-            cat(self.cell, other.cell, 1),
-            cat(self.feed, other.feed, 0),
-        )
-
 
 def recur(rnn: nn.RNNBase, inputs: Tensor, state: RecurrentState) -> tuple[Tensor, RecurrentState]:
     """Run the stacked cell over inputs (B, T, I) from `state`: top-layer outputs (B, T, D)."""

@@ -93,14 +93,13 @@ class SinusoidalPositions(nn.Module):
         # Not persistent: the table is a function of its shape, so checkpoints need not hold it.
         self.register_buffer("table", sinusoids(max_positions, d_model, layout), persistent=False)
 
-    def forward(self, length: int, offset: int | Tensor = 0) -> Tensor:
-        """The encodings (T, D) of positions offset .. offset+length-1; with one offset per row
-        (B,), (B, T, D)."""
-        end = _end(length, offset)
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """The encodings (T, D) of positions offset .. offset+length-1."""
+        end = offset + length
         if end > self.table.size(0):
             longer = sinusoids(max(end, 2 * self.table.size(0)), self.d_model, self.layout)
             self.table = longer.to(self.table)
-        return _rows(self.table, length, offset)
+        return self.table[offset:end]
 
 
 class LearnedPositions(nn.Module):
@@ -110,28 +109,15 @@ class LearnedPositions(nn.Module):
         super().__init__()  # `layout` is the sinusoids'; accepted so both classes build alike
         self.table = nn.Embedding(max_positions, d_model)
 
-    def forward(self, length: int, offset: int | Tensor = 0) -> Tensor:
-        """The embeddings (T, D) of positions offset .. offset+length-1; with one offset per
-        row (B,), (B, T, D)."""
-        end = _end(length, offset)
+    def forward(self, length: int, offset: int = 0) -> Tensor:
+        """The embeddings (T, D) of positions offset .. offset+length-1."""
+        end = offset + length
         if end > self.table.num_embeddings:
             raise ValueError(
                 f"position {end - 1} is beyond max_positions={self.table.num_embeddings} "
                 "of the learned position embeddings"
             )
-        return _rows(self.table.weight, length, offset)
-
-
-def _end(length: int, offset: int | Tensor) -> int:
-    """One past the last position asked for."""
-    return length + (int(offset.max()) if isinstance(offset, Tensor) else offset)
-
-
-def _rows(table: Tensor, length: int, offset: int | Tensor) -> Tensor:
-    """Rows offset .. offset+length-1 of a position table: (T, D), or (B, T, D) per row."""
-    if isinstance(offset, Tensor):
-        return table[offset[:, None] + torch.arange(length, device=offset.device)]
-    return table[offset : offset + length]
+        return self.table.weight[offset:end]
 
 
 class FeedForward(nn.Module):
@@ -278,17 +264,15 @@ class DecoderLayer(nn.Module):
         memory_cache: KVCache,
         memory_mask: Tensor,
         *,
-        own_positions: Tensor | None = None,
         need_weights: bool = False,
     ) -> tuple[Tensor, KVCache, Tensor | None]:
-        """One new position x (B, 1, D) after those in `self_cache`; `own_positions` (B, 1, 1,
-        t+1), when rows started at different steps, marks each row's own cached positions.
+        """One new position x (B, 1, D) after those in `self_cache`.
 
         Returns the new x (B, 1, D), the extended cache and, when asked, the cross-attention
         weights (B, H, 1, S).
         """
         attended, self_cache = self.self_attention.extend(
-            self.self_attention_block.before(x), self_cache, key_mask=own_positions
+            self.self_attention_block.before(x), self_cache
         )
         x = self.self_attention_block.after(x, attended.context)
         x, weights = self._cross_and_feed_forward(x, memory_cache, memory_mask, need_weights)
@@ -312,65 +296,16 @@ class DecoderLayer(nn.Module):
 @dataclass(frozen=True)
 class TransformerState:
     """The decoder's state between steps: per-layer self-attention key/value caches and the next
-    position. The memory's keys and values for cross-attention are in `Memory.derived`.
-
-    Rows may be at different steps, when a search admits sentences while others are decoding
-    (`join`): then every row's cache holds `position` positions, row r's own in the last
-    `position - starts[r]` of them (those before are zeros, and masked out), and its next
-    position is `position - starts[r]`. `starts` is None while all rows are at one step."""
+    position. The memory's keys and values for cross-attention are in `Memory.derived`."""
 
     self_attention: tuple[KVCache, ...]  # per layer: the target positions so far
     position: int
-    starts: Tensor | None = None  # (B,) where each row's own positions start in the caches
 
     def reorder(self, indices: Tensor) -> TransformerState:
-        """The state of batch rows `indices` (B',), in that order; cached positions that none
-        of them attends to any more are dropped."""
-        starts, drop = None, 0
-        if self.starts is not None and indices.numel():
-            starts = self.starts.index_select(0, indices)
-            drop = int(starts.min())
-            starts = None if drop == int(starts.max()) else starts - drop
+        """The state of batch rows `indices` (B',), in that order."""
         return TransformerState(
-            tuple(cache.reorder(indices, drop=drop) for cache in self.self_attention),
-            self.position - drop,
-            starts,
+            tuple(cache.reorder(indices) for cache in self.self_attention), self.position
         )
-
-    def join(self, other: TransformerState) -> TransformerState:
-        """The rows of this state, then those of `other`, each going on from its own step: the
-        caches are aligned at their ends, and the rows with fewer positions start later."""
-        position = max(self.position, other.position)
-        caches = tuple(
-            mine.join(theirs)
-            for mine, theirs in zip(self.self_attention, other.self_attention, strict=True)
-        )
-        return TransformerState(
-            caches, position, torch.cat([self._starts(position), other._starts(position)])
-        )
-
-    def _starts(self, position: int) -> Tensor:
-        """Where each row's own positions start once the caches hold `position` positions."""
-        device = self.self_attention[0].key_buffer.device
-        rows = self.self_attention[0].key_buffer.size(0)
-        starts = (
-            torch.zeros(rows, dtype=torch.long, device=device)
-            if self.starts is None
-            else self.starts
-        )
-        return starts + (position - self.position)
-
-    def own_positions(self) -> Tensor | None:
-        """Each row's next position (B,), or None while all rows are at `position`."""
-        return None if self.starts is None else self.position - self.starts
-
-    def attention_mask(self) -> Tensor | None:
-        """(B, 1, 1, position + 1): the cached positions each row's next step may attend to,
-        its own and the new one; None while all rows are at one step."""
-        if self.starts is None:
-            return None
-        slots = torch.arange(self.position + 1, device=self.starts.device)
-        return (slots >= self.starts[:, None])[:, None, None, :]
 
 
 class Decoder(nn.Module):
@@ -423,17 +358,15 @@ class Decoder(nn.Module):
         cross-attention (B, H, 1, S).
         """
         self_caches, weights, mask = [], None, key_padding_mask(memory.mask)
-        own_positions, last = state.attention_mask(), len(self.layers) - 1
+        last = len(self.layers) - 1
         for i, (layer, self_cache, memory_cache) in enumerate(
             zip(self.layers, state.self_attention, self.memory_caches(memory), strict=True)
         ):
             x, self_cache, weights = layer.step(
-                x, self_cache, memory_cache, mask, own_positions=own_positions,
-                need_weights=need_weights and i == last,
-            )  # fmt: skip
+                x, self_cache, memory_cache, mask, need_weights=need_weights and i == last
+            )
             self_caches.append(self_cache)
-        next_state = TransformerState(tuple(self_caches), state.position + 1, state.starts)
-        return self.final_norm(x), next_state, weights
+        return self.final_norm(x), TransformerState(tuple(self_caches), state.position + 1), weights
 
     def memory_derived(self, states: Tensor) -> tuple[Tensor, ...]:
         """Each layer's cross-attention keys and values (B, H, S, Dh) of the encoder `states`,
@@ -521,14 +454,9 @@ class Transformer(TeacherForcing):
             self.output_projection.weight = self.target_embedding.weight
 
     def _embed(
-        self,
-        tokens: Tensor,
-        embedding: nn.Embedding,
-        positions: nn.Module,
-        offset: int | Tensor = 0,
+        self, tokens: Tensor, embedding: nn.Embedding, positions: nn.Module, offset: int = 0
     ) -> Tensor:
-        """Tokens (B, T) -> scaled embeddings plus positions from `offset` (one for all rows, or
-        one per row (B,)), with dropout (B, T, D)."""
+        """Tokens (B, T) -> scaled embeddings plus positions, with dropout (B, T, D)."""
         x = embedding(tokens) * self.embedding_scale + positions(tokens.size(1), offset)
         return self.embedding_dropout(x)
 
@@ -573,12 +501,8 @@ class Transformer(TeacherForcing):
 
         The attention, when asked, is the last layer's cross-attention averaged over heads (B, S).
         """
-        own = state.own_positions()
         x = self._embed(
-            prev_tokens[:, None],
-            self.target_embedding,
-            self.target_positions,
-            state.position if own is None else own,
+            prev_tokens[:, None], self.target_embedding, self.target_positions, state.position
         )  # (B, 1, D)
         hidden, state, weights = self.decoder.step(x, memory, state, need_weights=need_attention)
         logits = self.output_projection(hidden[:, 0])  # (B, V)

@@ -2,7 +2,7 @@
 
     POST /translate   translate lines (schemas.TranslateRequest -> schemas.TranslateResponse)
     GET  /models      the models served, their default beam and attention layers and heads
-    GET  /health      the service is up: its default model, limits and decoding so far
+    GET  /health      the service is up: its default model, limits and batches so far
     GET  /            the attention explorer page (page.html)
     GET  /docs        the OpenAPI documentation (its page's script comes from a CDN);
     GET  /openapi.json  the schema itself
@@ -139,7 +139,7 @@ def create_app(service: TranslationService, *, log: Callable[[str], None] | None
 
     @app.get("/health", response_model=Health)
     async def health() -> Health:
-        """The service is up; its default model, limits, and decoding so far."""
+        """The service is up; its default model, limits, and batches decoded so far."""
         default, limits, stats = service.default, service.limits, service.batcher.stats
         return Health(
             status="ok",
@@ -152,11 +152,10 @@ def create_app(service: TranslationService, *, log: Callable[[str], None] | None
             max_lines=limits.max_lines,
             max_chars=limits.max_chars,
             max_beam=limits.max_beam,
-            steps=stats.steps,
+            batches=stats.batches,
             sentences=stats.sentences,
-            sentence_steps=stats.sentence_steps,
             decoding_seconds=round(stats.seconds, 3),
-            recent_steps=list(stats.recent),
+            recent_batches=list(stats.recent),
         )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)

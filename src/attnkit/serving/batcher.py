@@ -1,35 +1,31 @@
-"""Continuous batching: the sentences of concurrent requests decode together on one worker
-thread, joining and leaving a running batch between decoder steps.
+"""Dynamic batching: the sentences of concurrent requests decoded together, on one worker thread.
 
-A request hands its sentences to `Batcher.submit` and awaits them. The model thread
-(`model_thread.py`) runs a loop: admit waiting sentences into the running decode of their
-group, run one decoder step of every group that has sentences, and resolve the futures of the
-sentences that step finished. So a sentence starts at the next step after it arrives, whatever
-else is decoding, and is answered at the step it ends, not when the longest sentence of its
-batch does; rows that finished sentences leave go to new ones at once (the iteration-level
-scheduling of Yu et al. 2022, Orca). The decode itself is a `Stream` (for attnkit's models, a
-`generation.beam.BeamSearch` wrapped by `serving/streams.py`). The rules:
+A request hands its sentences to `Batcher.submit` and awaits them; the model thread
+(`model_thread.py`) takes batches from the queue, decodes each with one call, and resolves the
+waiting asyncio futures. The rules:
 
-- Groups. Sentences decode together only under the same key (the model and the search
-  settings: beam, n-best), each key in a stream of its own; the loop steps every stream that
-  has sentences, in turn.
-- Budget. A stream holds B sentences costing B * max(cost) padded source tokens (each
-  sentence's cost is its tokens plus the end marker, as `encode_source_batches` counts them),
-  at most `max_tokens`; only a sentence over the budget on its own decodes alone.
-- Admission. A stream with nothing to decode takes waiting sentences at once. A running one
-  takes them when the oldest has waited `max_wait_s`, so that sentences arriving together join
-  together (one encoder call and one join of the state for all of them).
-- Fairness. Waiting sentences are admitted in turn by request: first those of the request that
-  has waited longest since its last turn (its arrival, or the last admission of any of its
-  sentences), so one with many or long lines shares the model with the requests behind it
-  instead of holding them up until it is done. A sentence that does not fit the budget waits
-  for rows to free, and the sentences behind it in its group wait with it, so it is not passed
-  over for good.
+- Waiting. A batch waits at most `max_wait_s` for company, and only for company it can expect:
+  the requests of its group that waited when the last batch of the group ended, and as many
+  again as that batch answered, since clients answered by one batch often send their next
+  request at once. The worker starts a batch as soon as that many requests wait, or the batch
+  is full, or the request of its anchor (below) has waited `max_wait_s` since it arrived and the
+  worker has been free that long. So a lone client never waits, and a request waits for at most
+  the batch being decoded when it came, plus `max_wait_s`. (Starting batches before the clients
+  just answered are back splits them into two groups that then alternate for good.)
+- Budget. A batch costs B * max(cost), the padded source tokens of its B sentences (each
+  sentence's cost is its tokens plus the end marker, as `encode_source_batches` counts them), and
+  stays within `max_tokens`; only a sentence over the budget on its own gets a batch alone.
+- Groups. Sentences decode together only under the same key (the model and the search settings:
+  beam, n-best), since one call decodes one way.
+- Fairness. Each batch is built around an anchor: the shortest waiting sentence of the request
+  that has waited longest since its last turn (its arrival, or the last batch that took any of
+  its sentences). Requests take turns as anchors, so one with many or long lines shares the
+  model with the requests behind it instead of holding them up until it is done; a request's
+  sentences may be split across batches. The rest of the batch is filled with the sentences
+  nearest the anchor's length, then the oldest, so that little of it is padding.
 
-A sentence is answered at the step that finishes it. A stream that raises fails each of its
-sentences with `DecodeFailed` (the traceback is printed once, on stderr) and is replaced; the
-others go on. `close` admits nothing more, lets the sentences decoding finish, and fails the
-waiting ones with `ShuttingDown`.
+A sentence is answered when its batch is done. A failed batch fails each of its sentences with
+`DecodeFailed` (the traceback is printed once, on stderr); the worker goes on with the next.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ import traceback
 from collections.abc import Callable, Hashable, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from attnkit.serving.model_thread import ModelThread
 
@@ -88,59 +84,28 @@ class _Job:
     loop: asyncio.AbstractEventLoop = field(repr=False)
 
 
-class Stream(Protocol[Payload, Result]):
-    """A decode in progress on the model thread, that sentences join between steps."""
-
-    def __len__(self) -> int:
-        """The sentences decoding."""
-        ...
-
-    def add(self, sentences: list[tuple[Hashable, Payload]]) -> None:
-        """Let `(handle, payload)` sentences decode from the next step on."""
-        ...
-
-    def step(self) -> list[tuple[Hashable, Result]]:
-        """One decoder step of every sentence: the handles it finished, with their results."""
-        ...
-
-
 @dataclass
 class BatchStats:
-    """What the worker has decoded so far: decoder steps, and the sentences in them."""
+    """What the worker has decoded so far."""
 
-    steps: int = 0
-    sentences: int = 0  # answered
-    sentence_steps: int = 0  # the sentences decoding, summed over the steps
+    batches: int = 0
+    sentences: int = 0
+    largest: int = 0
     seconds: float = 0.0  # spent decoding
     recent: collections.deque = field(default_factory=lambda: collections.deque(maxlen=32))
 
 
-@dataclass(eq=False)
-class _Running:
-    """One key's stream (opened at its first sentence) and the sentences in it, by handle."""
-
-    stream: Stream | None = None
-    jobs: dict[int, _Job] = field(default_factory=dict)
-
-    def fits(self, cost: int, max_tokens: int) -> bool:
-        """Whether one more sentence of `cost` keeps the padded cost within `max_tokens`."""
-        if not self.jobs:
-            return True  # over the budget on its own: it decodes alone
-        longest = max(cost, *(job.cost for job in self.jobs.values()))
-        return (len(self.jobs) + 1) * longest <= max_tokens
-
-
 class Batcher(Generic[Payload, Result]):
-    """A queue of sentences and the one thread that decodes them, continuously batched.
+    """A queue of sentences and the one thread that decodes them in batches.
 
-    `open_stream(key)` runs on the worker thread and returns the `Stream` that decodes the
-    sentences of `key`; `submit` is awaited on an event loop. `start` the worker before
-    submitting, `close` it at shutdown.
+    `decode(key, payloads)` runs on the worker thread and returns one result per payload, in
+    order; `submit` is awaited on an event loop. `start` the worker before submitting, `close` it
+    at shutdown.
     """
 
     def __init__(
         self,
-        open_stream: Callable[[Hashable], Stream[Payload, Result]],
+        decode: Callable[[Hashable, list[Payload]], Sequence[Result]],
         *,
         max_tokens: int,
         max_wait_s: float,
@@ -148,7 +113,7 @@ class Batcher(Generic[Payload, Result]):
         thread: ModelThread | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.open_stream, self.clock = open_stream, clock
+        self.decode, self.clock = decode, clock
         self.thread = thread or ModelThread()
         self.max_tokens, self.max_wait_s, self.max_pending = max_tokens, max_wait_s, max_pending
         self.stats = BatchStats()
@@ -157,10 +122,11 @@ class Batcher(Generic[Payload, Result]):
         self._closed = False
         self._order = itertools.count()
         self._running: futures.Future[None] | None = None
-        self._streams: dict[Hashable, _Running] = {}  # the worker's own
+        self._free_since = 0.0  # when the worker finished its last batch (clock())
+        self._expected: dict[Hashable, int] = {}  # requests the next batch of a key awaits
 
     def start(self) -> None:
-        """Start admitting and decoding on the model thread (again, after `close`)."""
+        """Start deciding and decoding batches on the model thread (again, after `close`)."""
         with self._condition:
             if self._running is not None and not self._running.done():
                 return
@@ -168,7 +134,7 @@ class Batcher(Generic[Payload, Result]):
         self._running = self.thread.submit(self._work)
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop taking work, let the sentences decoding finish, fail the sentences still
+        """Stop taking work, let the batch being decoded finish, fail the sentences still
         queued with `ShuttingDown`, and wait up to `timeout` seconds for the worker."""
         with self._condition:
             self._closed = True
@@ -186,8 +152,7 @@ class Batcher(Generic[Payload, Result]):
         """Queue `(payload, cost)` sentences that decode under `key`; their results, in order.
 
         Raises `QueueFull`, `ShuttingDown` or `DecodeFailed`. Cancelling the awaiting task
-        withdraws the request's sentences that are still waiting (those decoding finish, and
-        their results are dropped)."""
+        withdraws the request's sentences that no batch has taken yet."""
         if not sentences:
             return []
         loop = asyncio.get_running_loop()
@@ -202,9 +167,17 @@ class Batcher(Generic[Payload, Result]):
             now = self.clock()
             ticket = _Ticket(arrived=now, waiting_since=now)
             jobs = [
-                _Job(payload, max(1, cost), key, ticket, next(self._order), loop.create_future(), loop)
+                _Job(
+                    payload,
+                    max(1, cost),
+                    key,
+                    ticket,
+                    next(self._order),
+                    loop.create_future(),
+                    loop,
+                )
                 for payload, cost in sentences
-            ]  # fmt: skip
+            ]
             self._pending.extend(jobs)
             self._condition.notify_all()
         try:
@@ -224,99 +197,76 @@ class Batcher(Generic[Payload, Result]):
             self._pending = [job for job in self._pending if job.ticket is not ticket]
 
     def _work(self) -> None:
-        """The worker thread: admit, step every stream, answer; until closed and drained."""
-        while (admitted := self._admit()) is not None:
-            for key, jobs in admitted.items():
-                self._guarded(key, lambda key=key, jobs=jobs: self._add(key, jobs))
-            for key in list(self._streams):
-                self._step(key)
+        """The worker thread: take a batch, decode it, resolve its futures; until closed."""
+        while (batch := self._next_batch()) is not None:
+            started = time.perf_counter()
+            try:
+                results = list(self.decode(batch[0].key, [job.payload for job in batch]))
+                if len(results) != len(batch):
+                    raise RuntimeError(f"decode gave {len(results)} results for {len(batch)}")
+            except Exception:
+                print("attnkit: decoding a batch failed:", file=sys.stderr)
+                traceback.print_exc(file=sys.stderr)
+                failure = DecodeFailed("decoding failed; the server's log says why")
+                _settle(batch, [failure] * len(batch))
+            else:
+                _settle(batch, results)
+            self.stats.batches += 1
+            self.stats.sentences += len(batch)
+            self.stats.largest = max(self.stats.largest, len(batch))
+            self.stats.seconds += time.perf_counter() - started
+            self.stats.recent.append(len(batch))
+            with self._condition:
+                self._free_since = self.clock()
+                # The company the next batch of this key can expect: the requests waiting now,
+                # and as many again as this batch answered, whose clients may be back at once.
+                waiting = {id(job.ticket) for job in self._pending if job.key == batch[0].key}
+                answered = {id(job.ticket) for job in batch}
+                self._expected[batch[0].key] = len(waiting | answered)
         with self._condition:
             left, self._pending = self._pending, []
         _settle(left, [ShuttingDown("the server is shutting down")] * len(left))
 
-    def _add(self, key: Hashable, jobs: list[_Job]) -> None:
-        running = self._streams[key]
-        if running.stream is None:
-            running.stream = self.open_stream(key)
-        running.stream.add([(job.order, job.payload) for job in jobs])
-
-    def _step(self, key: Hashable) -> None:
-        """One decoder step of `key`'s stream; answer the sentences it finished."""
-        running = self._streams[key]
-        if not running.jobs:  # nothing to decode: the next sentence opens a fresh stream
-            del self._streams[key]
-            return
-        started, live = time.perf_counter(), len(running.jobs)
-        done = self._guarded(key, running.stream.step)  # type: ignore[union-attr]
-        if done is None:
-            return
-        finished = [running.jobs.pop(handle) for handle, _ in done]
-        stats = self.stats  # counted before the answers go, so that they include them
-        stats.steps += 1
-        stats.sentences += len(finished)
-        stats.sentence_steps += live
-        stats.seconds += time.perf_counter() - started
-        stats.recent.append(live)
-        if not running.jobs:
-            del self._streams[key]
-        _settle(finished, [result for _, result in done])
-
-    def _guarded(self, key: Hashable, call: Callable[[], Any]) -> Any:
-        """`call()` on `key`'s stream; if it raises, print the traceback, fail every sentence
-        of the stream with DecodeFailed, drop the stream, and return None."""
-        try:
-            return call()
-        except Exception:
-            print("attnkit: decoding failed:", file=sys.stderr)
-            traceback.print_exc(file=sys.stderr)
-            failed = list(self._streams.pop(key).jobs.values())
-            failure = DecodeFailed("decoding failed; the server's log says why")
-            _settle(failed, [failure] * len(failed))
+    def _next_batch(self) -> list[_Job] | None:
+        """Block until a batch is due (see the module docstring); None once closed."""
+        with self._condition:
+            while not self._closed:
+                if not self._pending:
+                    self._condition.wait()
+                    continue
+                anchor = min(
+                    self._pending, key=lambda job: (job.ticket.waiting_since, job.cost, job.order)
+                )
+                group = [job for job in self._pending if job.key == anchor.key]
+                batch = self._fill(anchor, group)
+                now = self.clock()
+                due = max(anchor.ticket.arrived, self._free_since) + self.max_wait_s
+                waiting = len({id(job.ticket) for job in group})
+                if (
+                    now >= due
+                    or len(batch) < len(group)  # full already
+                    or waiting >= self._expected.get(anchor.key, 1)  # all the company expected
+                ):
+                    taken = set(map(id, batch))
+                    self._pending = [job for job in self._pending if id(job) not in taken]
+                    for job in batch:
+                        job.ticket.waiting_since = now  # its other sentences queue from here
+                    return batch
+                self._condition.wait(due - now)
             return None
 
-    def _admit(self) -> dict[Hashable, list[_Job]] | None:
-        """The waiting sentences that join their streams now, by key; blocks while nothing is
-        decoding or due; None once closed and drained."""
-        with self._condition:
-            while True:
-                busy = any(running.jobs for running in self._streams.values())
-                if self._closed:
-                    return {} if busy else None
-                admitted = self._due()
-                if admitted or busy:
-                    return admitted
-                self._condition.wait()
-
-    def _due(self) -> dict[Hashable, list[_Job]]:
-        """Take the waiting sentences due now (see the module docstring) into their streams'
-        `jobs`: at once into an idle stream, after `max_wait_s` into a running one, requests
-        taking turns, each stream within its budget."""
-        now, admitted, oldest = self.clock(), {}, {}
-        for job in self._pending:
-            oldest[job.key] = min(oldest.get(job.key, job.ticket.arrived), job.ticket.arrived)
-        turn: collections.Counter[int] = collections.Counter()
-        ranked = []
-        for job in sorted(self._pending, key=lambda job: (job.ticket.waiting_since, job.order)):
-            ranked.append((turn[id(job.ticket)], job.ticket.waiting_since, job.order, job))
-            turn[id(job.ticket)] += 1
-        closed: set[Hashable] = set()
-        for *_, job in sorted(ranked, key=lambda entry: entry[:3]):  # each request's 1st, 2nd...
-            running = self._streams.setdefault(job.key, _Running())
-            waits = running.jobs and job.key not in admitted
-            if job.key in closed or (waits and now - oldest[job.key] < self.max_wait_s):
-                continue
-            if not running.fits(job.cost, self.max_tokens):
-                closed.add(job.key)  # it waits for rows to free, and its group behind it
-                continue
-            running.jobs[job.order] = job
-            admitted.setdefault(job.key, []).append(job)
-        if admitted:
-            taken = {id(job) for jobs in admitted.values() for job in jobs}
-            self._pending = [job for job in self._pending if id(job) not in taken]
-            for jobs in admitted.values():
-                for job in jobs:
-                    job.ticket.waiting_since = now  # its other sentences queue from here
-        return admitted
+    def _fill(self, anchor: _Job, group: list[_Job]) -> list[_Job]:
+        """The anchor and the sentences of its group nearest its length, within the budget."""
+        batch, longest = [anchor], anchor.cost
+        others = sorted(
+            (job for job in group if job is not anchor),
+            key=lambda job: (abs(job.cost - anchor.cost), job.ticket.waiting_since, job.order),
+        )
+        for job in others:
+            if (len(batch) + 1) * max(longest, job.cost) <= self.max_tokens:
+                batch.append(job)
+                longest = max(longest, job.cost)
+        return batch
 
 
 def _settle(jobs: Sequence[_Job], outcomes: Sequence[object]) -> None:

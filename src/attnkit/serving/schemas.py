@@ -112,7 +112,7 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    """GET /health: the service is up; its default model, limits and decoding so far."""
+    """GET /health: the service is up; its default model, limits and batching so far."""
 
     status: str
     run: str
@@ -124,15 +124,10 @@ class Health(BaseModel):
     max_lines: int
     max_chars: int
     max_beam: int = Field(description="the largest beam and n-best a request may ask for")
-    steps: int = Field(description="decoder steps run since the server started")
-    sentences: int = Field(description="sentences answered")
-    sentence_steps: int = Field(
-        description="the sentences decoding at each step, summed: over `steps`, the mean batch"
-    )
-    decoding_seconds: float = Field(description="time the model spent decoding")
-    recent_steps: list[int] = Field(
-        description="the sentences decoding at each of the last 32 steps"
-    )
+    batches: int = Field(description="batches decoded since the server started")
+    sentences: int = Field(description="sentences decoded in them")
+    decoding_seconds: float = Field(description="time the model spent decoding them")
+    recent_batches: list[int] = Field(description="the sentences of the last 32 batches")
 
 
 class ErrorResponse(BaseModel):

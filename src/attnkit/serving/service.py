@@ -2,9 +2,9 @@
 
 `TranslationService.translate` checks the request against the limits and the chosen model
 (RequestError, with the status and the line to send back, before any decoding), hands its
-non-empty lines to the batcher, and builds the answer when they are decoded. `open_stream` is
-what the batcher's worker thread decodes them with: the run's `Translator.stream` (the same
-search and tokenization as `attnkit translate`), then the attention of the lines that asked.
+non-empty lines to the batcher, and builds the answer when they are decoded. `decode` is what
+the batcher's worker thread runs on a batch: the run's `Translator`, then the attention of the
+lines that asked for it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from attnkit.generation.search import SearchOptions
 from attnkit.generation.translator import Translator, warn_truncated
 from attnkit.serving.attention import attention_map
 from attnkit.serving.batcher import Batcher, DecodeFailed, QueueFull, ShuttingDown
@@ -78,7 +77,7 @@ class TranslationService:
         self.default = models[0]
         self.limits, self.batch_tokens = limits, batch_tokens
         self.batcher: Batcher[Sentence, Decoded] = Batcher(
-            self.open_stream,
+            self.decode,
             max_tokens=batch_tokens,
             max_wait_s=max_wait_s,
             max_pending=limits.max_pending,
@@ -120,13 +119,33 @@ class TranslationService:
             answers[i] = result
         return _response(request, model.name, answers, single)
 
-    def open_stream(self, key: Hashable) -> SentenceStream:
-        """The running decode of one model and search (on the batcher's worker thread)."""
+    def decode(self, key: Hashable, sentences: list[Sentence]) -> list[Decoded]:
+        """Decode one batch (on the batcher's worker thread): every sentence with the same model
+        and search, then the attention behind the best hypothesis of those that asked."""
         assert isinstance(key, SearchKey)
         translator: Translator = self.models[key.model].translator
-        return SentenceStream(
-            translator, key.nbest, translator.options.replace(beam=key.beam, nbest=key.nbest)
+        truncated = translator.truncated
+        found = translator.translate(
+            [sentence.text for sentence in sentences],
+            translator.options.replace(beam=key.beam, nbest=key.nbest),
+            max_tokens=self.batch_tokens,
+            too_long="split",
         )
+        warn_truncated(translator.truncated - truncated, translator.max_len)
+        results = []
+        for sentence, hypotheses in zip(sentences, found, strict=True):
+            attention = None
+            if sentence.attention:
+                attention = attention_map(
+                    translator,
+                    list(sentence.ids),
+                    hypotheses[0].tokens,
+                    layer=sentence.layer,
+                    head=sentence.head,
+                )
+            kept = [Hypothesis(text=h.text, score=h.score) for h in hypotheses[: key.nbest]]
+            results.append(Decoded(kept, attention))
+        return results
 
     def _model(self, name: str | None) -> ServedModel:
         if name is None:
@@ -168,44 +187,6 @@ class TranslationService:
             raise _bad(f'"layer" {request.layer}: model "{model.name}" has {shape.layers} layer(s)')
         if request.head is not None and request.head > shape.heads:
             raise _bad(f'"head" {request.head}: model "{model.name}" has {shape.heads} head(s)')
-
-
-class SentenceStream:
-    """Sentences of one model and search decoding in a `TranslationStream`, answered as
-    `Decoded`, with the attention behind the best hypothesis of those that asked for it."""
-
-    def __init__(self, translator: Translator, nbest: int, options: SearchOptions) -> None:
-        self.translator, self.nbest = translator, nbest
-        self.stream = translator.stream(options)
-        self.sentences: dict[Hashable, Sentence] = {}
-
-    def __len__(self) -> int:
-        return len(self.stream)
-
-    def add(self, sentences: list[tuple[Hashable, Sentence]]) -> None:
-        """Let `(handle, sentence)` decode from the next step on."""
-        truncated = self.translator.truncated
-        self.sentences.update(sentences)
-        self.stream.add([(handle, s.text, list(s.ids)) for handle, s in sentences])
-        warn_truncated(self.translator.truncated - truncated, self.translator.max_len)
-
-    def step(self) -> list[tuple[Hashable, Decoded]]:
-        """One decoder step; the sentences it finished, answered."""
-        done = []
-        for handle, translations in self.stream.step():
-            sentence = self.sentences.pop(handle)
-            attention = None
-            if sentence.attention:
-                attention = attention_map(
-                    self.translator,
-                    list(sentence.ids),
-                    translations[0].tokens,
-                    layer=sentence.layer,
-                    head=sentence.head,
-                )
-            kept = [Hypothesis(text=t.text, score=t.score) for t in translations[: self.nbest]]
-            done.append((handle, Decoded(kept, attention)))
-        return done
 
 
 def _check_attention_lengths(ids: list[list[int]], max_len: int) -> None:
