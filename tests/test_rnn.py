@@ -210,6 +210,25 @@ def test_reordered_state_decodes_like_those_rows(variant):
     torch.testing.assert_close(torch.stack(reordered, 1), expected[:, 3:], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rows_that_share_a_memory_row_decode_as_with_their_own_copy(variant):
+    model = tiny(**VARIANTS[variant])  # a beam's K rows read one memory row of their sentence
+    src, group = padded_batch([5, 2, 7]), 4
+    tgt = tokens(3 * group, 4, seed=2)
+    rows = torch.arange(3).repeat_interleave(group)
+    with torch.no_grad():
+        memory = model.encode(src, padding_mask(src))
+        shared = model.init_state(memory).reorder(rows)
+        copied = model.init_state(memory.reorder(rows))
+        for t in range(4):
+            one = model.decode_step(memory, shared, tgt[:, t], need_attention=True)
+            own = model.decode_step(memory.reorder(rows), copied, tgt[:, t], need_attention=True)
+            torch.testing.assert_close(one.log_probs, own.log_probs, atol=1e-5, rtol=0)
+            if own.attention is not None:
+                torch.testing.assert_close(one.attention, own.attention, atol=1e-6, rtol=0)
+            shared, copied = one.state, own.state
+
+
 @pytest.mark.parametrize("variant", ["gru-bahdanau", "lstm-none", "rnn-luong-general"])
 def test_beam_of_one_is_greedy(variant):
     model = tiny(**VARIANTS[variant])

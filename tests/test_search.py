@@ -58,10 +58,18 @@ class TableModel:
     def decode_step(self, memory, state, prev_tokens, *, need_attention=False) -> Step:
         self.rows_seen.append(prev_tokens.numel())
         log_probs = self.table[state.step.clamp(max=self.table.size(0) - 1), prev_tokens]
-        mask = memory.mask.float()
+        mask = per_row(memory, prev_tokens).mask.float()
         uniform = mask / mask.sum(1, keepdim=True)
         attention = uniform if need_attention and self.gives_attention else None
         return Step(log_probs, TableState(state.step + 1), attention)
+
+
+def per_row(memory: Memory, prev_tokens: Tensor) -> Memory:
+    """The memory row of each decoder row: a beam's K rows share their sentence's memory row
+    (the protocol's decode_step); these test models simply repeat it."""
+    group = prev_tokens.numel() // memory.mask.size(0)
+    rows = torch.arange(memory.mask.size(0), device=memory.mask.device).repeat_interleave(group)
+    return memory.reorder(rows)
 
 
 def table(steps: int, **token_logits: float) -> Tensor:
@@ -113,6 +121,7 @@ class TinyGRU(nn.Module):
         return GRUState((memory.states * mask).sum(1) / mask.sum(1))
 
     def decode_step(self, memory, state, prev_tokens, *, need_attention=False) -> Step:
+        memory = per_row(memory, prev_tokens)
         hidden = self.decoder(self.tgt_embed(prev_tokens), state.hidden)
         scores = torch.einsum("bsd,bd->bs", memory.states, hidden)
         weights = scores.masked_fill(~memory.mask, float("-inf")).softmax(-1)  # (B, S)

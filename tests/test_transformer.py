@@ -171,6 +171,24 @@ def test_reordered_state_decodes_like_those_rows():
     torch.testing.assert_close(torch.stack(reordered, 1), expected[:, 3:], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_rows_that_share_a_memory_row_decode_as_with_their_own_copy(norm):
+    model = tiny(norm=norm)  # a beam's K rows read one memory row of their sentence
+    src = torch.stack([pad_to(tokens(1, n, seed=n)[0], 7) for n in (5, 2, 7)])
+    group, rows = 4, torch.arange(3).repeat_interleave(4)
+    tgt = tokens(3 * group, 4, seed=2)
+    with torch.no_grad():
+        memory = model.encode(src, padding_mask(src))
+        shared = model.init_state(memory).reorder(rows)
+        copied = model.init_state(memory.reorder(rows))
+        for t in range(4):
+            one = model.decode_step(memory, shared, tgt[:, t], need_attention=True)
+            own = model.decode_step(memory.reorder(rows), copied, tgt[:, t], need_attention=True)
+            torch.testing.assert_close(one.log_probs, own.log_probs, atol=1e-5, rtol=0)
+            torch.testing.assert_close(one.attention, own.attention, atol=1e-6, rtol=0)
+            shared, copied = one.state, own.state
+
+
 def test_memory_carries_each_layers_cross_attention_keys_and_values():
     model = tiny()
     src, tgt = tokens(2, 5), tokens(2, 6, seed=1)

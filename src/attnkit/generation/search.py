@@ -247,7 +247,7 @@ def beam_search(
 class _Beam:
     """The live sentences of a beam search, K rows each, between two steps."""
 
-    memory: Memory  # (B'K, S, ...)
+    memory: Memory  # (B', S, ...): one row per sentence (decode_step maps K rows to it)
     state: object  # the model's decoder state of the B'K rows
     prev: Tensor  # (B'K,) the token each row fed last
     history: Tensor  # (B'K, t) the tokens of each row so far
@@ -271,13 +271,13 @@ class _Beam:
     ) -> _Beam:
         batch, beam, device = src.size(0), options.beam, src.device
         expand = torch.arange(batch, device=device).repeat_interleave(beam)
-        memory = model.encode(src, src_mask).reorder(expand)  # each sentence K times
+        memory = model.encode(src, src_mask)  # one row per sentence, shared by its K rows
         max_len = max_lengths(src_mask, options.max_len_a, options.max_len_b)
         scores = torch.full((batch, beam), NEG_INF, device=device)
         scores[:, 0] = 0  # the K rows start identical: extend only one
         return _Beam(
             memory=memory,
-            state=model.init_state(memory),
+            state=model.init_state(memory).reorder(expand),
             prev=torch.full((batch * beam,), ids.bos, dtype=torch.long, device=device),
             history=torch.empty((batch * beam, 0), dtype=torch.long, device=device),
             attention=_no_attention(batch * beam, src, need_attention),
@@ -320,7 +320,7 @@ class _Beam:
             keep = (staying[:, None] * beam + torch.arange(beam, device=device)).view(-1)
             self.finished, self.scores = self.finished.select(staying), self.scores[staying]
             self.memory, self.rows, self.prev = (
-                self.memory.reorder(keep),
+                self.memory.reorder(staying),
                 self.rows[keep],
                 self.prev[keep],
             )

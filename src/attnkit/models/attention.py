@@ -182,9 +182,24 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         need_weights: bool = False,
     ) -> Attended:
-        """Cross-attention from `query` (B, Tq, D) to the keys and values in `cache`."""
+        """Cross-attention from `query` (R, Tq, D) to the keys and values in `cache` (B, ...).
+
+        R may be a multiple G of B: rows b*G .. b*G+G-1 then all attend to cached row b (the K
+        rows of a beam to their sentence's memory), as G*Tq queries of one row, so that the
+        keys are read once per sentence rather than copied for every row. `mask` is (B, ...).
+        """
+        rows, length, kept = query.size(0), query.size(1), cache.keys.size(0)
+        group = rows // kept
+        if group > 1:
+            query = query.reshape(kept, group * length, self.d_model)
         (q,) = self._split_heads(self._project(query, slice(0, self.d_model)))
-        return self._attend(q, cache.keys, cache.values, mask=mask, need_weights=need_weights)
+        attended = self._attend(q, cache.keys, cache.values, mask=mask, need_weights=need_weights)
+        if group == 1:
+            return attended
+        weights = attended.weights
+        if weights is not None:  # (B, H, G*Tq, S) -> (R, H, Tq, S)
+            weights = weights.unflatten(2, (group, length)).transpose(1, 2).flatten(0, 1)
+        return Attended(attended.context.reshape(rows, length, self.d_model), weights)
 
     def empty_cache(self, batch_size: int, device: torch.device) -> KVCache:
         """A self-attention cache with no positions yet."""
@@ -264,8 +279,8 @@ def _causal_mask(query_length: int, key_length: int, device: torch.device) -> Te
 
 
 # Additive (Bahdanau et al. 2015) and multiplicative (Luong et al. 2015) attention for the
-# recurrent models: one query per sentence (B, Dq) against the encoder states (B, S, Dk). Each
-# returns `Attended(context (B, Dk), weights (B, S))`: no head and no query-length dimension, and
+# recurrent models: one query per sentence (B, Dq), or G (a beam's K rows), against the encoder
+# states (B, S, Dk). Each returns `Attended(context (B*G, Dk), weights (B*G, S))`: no head and no query-length dimension, and
 # weights always, since a recurrent decoder attends once per step and they cost nothing extra.
 # Keys (the states as the score sees them) are a function of the memory alone, so a decoder
 # computes them once per sentence with `keys(memory)` and passes them to every step.
@@ -276,12 +291,18 @@ LUONG_SCORES = ("dot", "general", "concat")
 def masked_softmax_attention(scores: Tensor, memory: Tensor, mask: Tensor) -> Attended:
     """Weights softmax(scores) over real positions and the context they give.
 
-    scores (B, S), memory (B, S, Dk), mask (B, S) True = real token -> context (B, Dk) and
-    weights (B, S), exactly zero on padding.
+    scores (B, G, S) for G queries of each memory row, memory (B, S, Dk), mask (B, S) True =
+    real token -> context (B*G, Dk) and weights (B*G, S), exactly zero on padding.
     """
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)  # (B, S)
-    context = (weights[:, None, :] @ memory).squeeze(1)  # (B, Dk)
-    return Attended(context, weights)
+    weights = scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(dim=-1)  # (B, G, S)
+    context = weights @ memory  # (B, G, Dk)
+    return Attended(context.flatten(0, 1), weights.flatten(0, 1))
+
+
+def grouped(query: Tensor, memory: Tensor) -> Tensor:
+    """Queries (R, Dq) as (B, G, Dq) for the B rows of `memory`: R may be a multiple G of B,
+    rows b*G .. b*G+G-1 attending to memory row b (the K rows of a beam to their sentence)."""
+    return query.view(memory.size(0), -1, query.size(-1))
 
 
 class AdditiveAttention(nn.Module):
@@ -304,12 +325,14 @@ class AdditiveAttention(nn.Module):
     def forward(
         self, query: Tensor, memory: Tensor, mask: Tensor, keys: Tensor | None = None
     ) -> Attended:
-        """Attend from `query` (B, Dq) to `memory` (B, S, Dk) under `mask` (B, S), True = attend.
+        """Attend from `query` (B*G, Dq) to `memory` (B, S, Dk) under `mask` (B, S), True =
+        attend, G queries a memory row (`grouped`).
 
         `keys` are `self.keys(memory)`, computed here when not given.
         """
         keys = self.keys(memory) if keys is None else keys
-        hidden = torch.tanh(keys + self.query_projection(query)[:, None, :])  # (B, S, A)
+        projected = grouped(self.query_projection(query), memory)  # (B, G, A)
+        hidden = torch.tanh(keys[:, None] + projected[:, :, None])  # (B, G, S, A)
         return masked_softmax_attention(self.score(hidden).squeeze(-1), memory, mask)
 
 
@@ -348,12 +371,13 @@ class LuongAttention(nn.Module):
     def forward(
         self, query: Tensor, memory: Tensor, mask: Tensor, keys: Tensor | None = None
     ) -> Attended:
-        """Attend from `query` (B, Dq) to `memory` (B, S, Dk) under `mask` (B, S), True = attend.
+        """Attend from `query` (B*G, Dq) to `memory` (B, S, Dk) under `mask` (B, S), True =
+        attend, G queries a memory row (`grouped`).
 
         `keys` are `self.keys(memory)`, computed here when not given.
         """
         if self.additive is not None:
             return self.additive(query, memory, mask, keys)
         keys = self.keys(memory) if keys is None else keys
-        scores = (keys @ query[:, :, None]).squeeze(-1)  # (B, S)
+        scores = grouped(query, memory) @ keys.transpose(1, 2)  # (B, G, S)
         return masked_softmax_attention(scores, memory, mask)

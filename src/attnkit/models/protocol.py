@@ -111,7 +111,11 @@ class Seq2Seq(Protocol):
     def decode_step(
         self, memory: Memory, state: State, prev_tokens: Tensor, *, need_attention: bool = False
     ) -> Step:
-        """Advance every row by one token `prev_tokens` (B,); attention only when asked."""
+        """Advance every row by one token `prev_tokens` (R,); attention only when asked.
+
+        The state has R rows and the memory B, where R is a multiple G of B: rows b*G ..
+        b*G+G-1 decode from memory row b. Beam search keeps one memory row per sentence for
+        its K rows (G = K) rather than K copies; greedy search has G = 1."""
         ...
 
 
