@@ -19,7 +19,6 @@ from pathlib import Path
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from attnkit import runtime
 from attnkit.errors import UserError
@@ -51,51 +50,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-MALFORMED = json.dumps({"error": "malformed HTTP request"}).encode()
-MALFORMED_HEADERS = [
-    (b"content-type", b"application/json; charset=utf-8"),
-    (b"content-length", str(len(MALFORMED)).encode()),
-    (b"connection", b"close"),
-]
-
-
 class JsonErrorsH11Protocol(H11Protocol):
-    """uvicorn's pure-Python HTTP/1.1 protocol (h11), answering a request it cannot even parse
-    with JSON, as every other error is answered, instead of plain text."""
+    """uvicorn's HTTP/1.1 protocol (h11), answering a request it cannot even parse with JSON,
+    as every other error is answered, instead of plain text."""
 
     def send_400_response(self, msg: str) -> None:
+        body = json.dumps({"error": "malformed HTTP request"}).encode()
+        headers = [
+            (b"content-type", b"application/json; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         for event in (
-            h11.Response(status_code=400, headers=MALFORMED_HEADERS, reason=b"Bad Request"),
-            h11.Data(data=MALFORMED),
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
             h11.EndOfMessage(),
         ):
             self.transport.write(self.conn.send(event))
         self.transport.close()
-
-
-class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol on httptools (the C parser of Node's llhttp), answering a
-    request it cannot even parse with JSON; used when httptools is installed, as it is with
-    attnkit, because it leaves more of the CPU to the model than h11 does."""
-
-    def send_400_response(self, msg: str) -> None:
-        lines = [b"HTTP/1.1 400 Bad Request"]
-        lines += [name + b": " + value for name, value in MALFORMED_HEADERS]
-        self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + MALFORMED)
-        self.transport.close()
-
-
-def http_protocol() -> type:
-    """The HTTP protocol class for uvicorn: httptools' when it is installed, else h11's."""
-    import os
-
-    if os.environ.get("ATTNKIT_HTTP") == "h11":
-        return JsonErrorsH11Protocol
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return JsonErrorsH11Protocol
-    return JsonErrorsHttpToolsProtocol
 
 
 def stderr_line(line: str) -> None:
@@ -112,8 +84,7 @@ class Server:
         self.service, self.socket = service, sock
         config = uvicorn.Config(
             create_app(service, log=log),
-            http=http_protocol(),
-            loop="asyncio" if __import__("os").environ.get("ATTNKIT_HTTP") == "h11" else "auto",
+            http=JsonErrorsH11Protocol,
             log_level="warning" if log else "error",
             access_log=False,
             lifespan="on",
