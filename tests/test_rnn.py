@@ -229,6 +229,25 @@ def test_rows_that_share_a_memory_row_decode_as_with_their_own_copy(variant):
             shared, copied = one.state, own.state
 
 
+@pytest.mark.parametrize("variant", ["gru-bahdanau", "lstm-none", "lstm-luong-dot"])
+def test_a_beam_decodes_a_batch_as_its_sentences_one_by_one(variant):
+    model = tiny(**VARIANTS[variant])
+    with torch.no_grad():  # larger logits: distinct choices, and some sentences end early
+        model.output_projection.weight.mul_(8)
+    src = padded_batch([5, 2, 7, 4])
+    options = SearchOptions(beam=4, nbest=3)
+    batched = beam_search(model, src, padding_mask(src), options, need_attention=True)
+    for i, hypotheses in enumerate(batched):
+        one = src[i : i + 1, : int(padding_mask(src)[i].sum())]
+        alone = beam_search(model, one, padding_mask(one), options, need_attention=True)[0]
+        assert [h.tokens for h in hypotheses] == [h.tokens for h in alone]
+        assert [h.score for h in hypotheses] == pytest.approx([h.score for h in alone], abs=1e-5)
+        for h, a in zip(hypotheses, alone, strict=True):
+            assert (h.attention is None) == (a.attention is None)
+            if a.attention is not None:
+                torch.testing.assert_close(h.attention, a.attention, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("variant", ["gru-bahdanau", "lstm-none", "rnn-luong-general"])
 def test_beam_of_one_is_greedy(variant):
     model = tiny(**VARIANTS[variant])

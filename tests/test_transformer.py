@@ -189,6 +189,27 @@ def test_rows_that_share_a_memory_row_decode_as_with_their_own_copy(norm):
             shared, copied = one.state, own.state
 
 
+def test_a_beam_decodes_a_batch_as_its_sentences_one_by_one():
+    from attnkit.generation.search import SearchOptions, beam_search
+
+    model = tiny(output_bias=True)
+    with torch.no_grad():  # larger logits, and a likelier eos: hypotheses end at many lengths
+        model.output_projection.weight.mul_(2)
+        model.output_projection.bias[3] += 4.0  # eos
+    lengths = (5, 2, 7, 4)
+    src = torch.stack([pad_to(tokens(1, n, seed=n)[0], 7) for n in lengths])
+    options = SearchOptions(beam=4, nbest=3, max_len_a=1, max_len_b=4)
+    batched = beam_search(model, src, padding_mask(src), options, need_attention=True)
+    for i, n in enumerate(lengths):
+        one = src[i : i + 1, :n]
+        alone = beam_search(model, one, padding_mask(one), options, need_attention=True)[0]
+        assert [h.tokens for h in batched[i]] == [h.tokens for h in alone]
+        assert [h.score for h in batched[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
+        for h, a in zip(batched[i], alone, strict=True):
+            torch.testing.assert_close(h.attention, a.attention, atol=1e-5, rtol=0)
+    assert len({len(h.tokens) for hypotheses in batched for h in hypotheses}) > 3
+
+
 def test_memory_carries_each_layers_cross_attention_keys_and_values():
     model = tiny()
     src, tgt = tokens(2, 5), tokens(2, 6, seed=1)
