@@ -9,7 +9,8 @@ translate` on the same lines (the `Translator` in this process with the command'
 model loading not counted). Checks the targets of issue 20: no errors; 32 clients at least 4x
 the 1-client rate and at least 70% of the offline rate; p95 at 8 clients within 3x of the
 1-client p95. `--rounds N` repeats the whole measurement N times, interleaved, and sums them, so
-that the load of a shared machine weighs on every level alike; `--threads N` gives the server
+that the load of a shared machine weighs on every level alike; `--precision` sets decoding's
+precision for both; `--threads N` gives the server
 and the offline run the same PyTorch thread count.
 
     python benchmarks/serve_load.py /tmp/serve_run \
@@ -65,11 +66,11 @@ class Offline:
     """`attnkit translate --beam BEAM` on the same lines, in this process: the command's own
     settings and calls (one chunk of up to 2000 lines, batched under decode.batch_tokens)."""
 
-    def __init__(self, run: str, beam: int, threads: int | None) -> None:
+    def __init__(self, run: str, beam: int, threads: int | None, precision: str | None) -> None:
         from attnkit import runtime
         from attnkit.generation.translator import Translator
 
-        self.translator = Translator.from_run(run)
+        self.translator = Translator.from_run(run, precision=precision)
         runtime.configure(threads or self.translator.config.run.threads)
         self.options = self.translator.options.replace(beam=beam)
         self.lines, self.seconds = 0, 0.0
@@ -236,6 +237,11 @@ def main() -> None:
         help="PyTorch threads for the server and offline alike (default: the run's run.threads)",
     )
     parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="decoding precision for the server and offline alike (default: the run's)",
+    )
+    parser.add_argument(
         "--server-args", default="", help='more `serve` flags, e.g. "--max-wait-ms 10"'
     )
     args = parser.parse_args()
@@ -248,10 +254,12 @@ def main() -> None:
     print(
         f"{len(lines)} lines of {args.lines}, beam {args.beam}, {os.cpu_count()} CPUs", flush=True
     )
-    offline = Offline(args.run, args.beam, args.threads)
+    offline = Offline(args.run, args.beam, args.threads, args.precision)
     server_args = shlex.split(args.server_args)
     if args.threads:
         server_args += ["--threads", str(args.threads)]
+    if args.precision:
+        server_args += ["--precision", args.precision]
     offline.translator.translate(lines[:8], offline.options)  # warm-up
     measured: dict[int, list[Level]] = {clients: [] for clients in levels_wanted}
     with tempfile.TemporaryDirectory() as tmp:

@@ -203,6 +203,27 @@ def test_mixed_precision_decoding_agrees_with_fp32(trained_run, device):
 
 
 @pytest.mark.slow
+def test_the_precision_option_overrides_the_runs_decode_precision(trained_run, cli):
+    from attnkit import runtime
+    from attnkit.cli.common import PRECISIONS
+
+    assert tuple(PRECISIONS) == runtime.PRECISIONS  # the CLI's copy, kept free of torch
+    lines = "".join(f"{line}\n" for line in (trained_run / "data" / "valid.en").read_text(
+        encoding="utf-8").splitlines()[:20])  # fmt: skip
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        result = cli("translate", str(trained_run / "run"), "--nbest", "2", "--precision",
+                     precision, stdin=lines)  # fmt: skip
+        if "pack_vnni2" in result.stderr and os.environ.get("ATEN_CPU_CAPABILITY"):
+            pytest.skip("bf16 attention cannot run under ATEN_CPU_CAPABILITY emulation")
+        assert result.returncode == 0, result.stderr
+        scores[precision] = [float(row.split("\t")[1]) for row in result.stdout.splitlines()]
+    assert len(scores["bf16"]) == len(scores["fp32"]) == 2 * 20
+    assert scores["bf16"] != scores["fp32"]  # the model really ran in bf16
+    assert scores["bf16"] == pytest.approx(scores["fp32"], rel=0.05)
+
+
+@pytest.mark.slow
 def test_a_bad_decode_precision_in_the_run_is_a_one_line_error(trained_run, cli, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained_run / "run", run)

@@ -643,6 +643,13 @@ def test_serve_command_errors_are_one_line(cli, tmp_path, runs):
     run, port = str(runs["transformer"]), ("--port", "0")
     assert_one_line_error(cli("serve", str(tmp_path / "missing"), *port), "missing")
     assert_one_line_error(cli("serve", run, "--max-lines", "0", *port), "--max-lines")
+    assert_one_line_error(cli("serve", run, "--precision", "fp8", *port), "--precision")
+
+
+def test_the_precision_option_reaches_every_served_model(runs):
+    models = load_models([runs["transformer"], runs["rnn"]], checkpoint="best", device="cpu",
+                         precision="bf16")  # fmt: skip
+    assert [m.translator.config.decode.precision for m in models] == ["bf16", "bf16"]
 
 
 # Random requests (issue 18's fuzz suite, for the HTTP API) ----------------------------------------

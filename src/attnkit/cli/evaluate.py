@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from attnkit.cli.common import CHECKPOINTS, add_beam_argument
+from attnkit.cli.common import CHECKPOINTS, add_beam_argument, add_precision_argument
 from attnkit.errors import UserError
 
 LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}  # others: NAME.upper()
@@ -24,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "ROUGE-L F-measures through rouge-score); default: all four",
     )
     add_beam_argument(p)
+    add_precision_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.set_defaults(func=run)
@@ -67,7 +68,7 @@ def _translate(args: argparse.Namespace, refs: list[list[str]]) -> list[str]:
             raise UserError(
                 f"line counts differ: {args.src} has {len(src)} lines, {path} has {len(ref)}"
             )
-    translator = Translator.from_run(args.run, checkpoint=args.checkpoint)
+    translator = Translator.from_run(args.run, checkpoint=args.checkpoint, precision=args.precision)
     runtime.configure(translator.config.run.threads)
     options = translator.options.replace(beam=args.beam)
     return translator.translate_text(src, options, too_long="split")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnkit.cli.common import CHECKPOINTS, DEVICE_HELP
+from attnkit.cli.common import CHECKPOINTS, DEVICE_HELP, PRECISION_HELP, PRECISIONS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     p.add_argument("--device", help=DEVICE_HELP)
+    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
     p.add_argument(
         "--threads",
         type=int,
@@ -89,6 +90,7 @@ def run(args: argparse.Namespace) -> None:
         port=args.port,
         checkpoint=args.checkpoint,
         device=args.device,
+        precision=args.precision,
         limits=limits,
         batch_tokens=args.batch_tokens,
         max_wait_ms=args.max_wait_ms,

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
-from attnkit.cli.common import add_beam_argument, add_run_arguments
+from attnkit.cli.common import add_beam_argument, add_precision_argument, add_run_arguments
 
 CHUNK_LINES = 2000  # lines read, sorted and decoded together when streaming
 
@@ -17,6 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-i", "--input", help="input file (default: stdin)")
     p.add_argument("-o", "--output", help="output file (default: stdout)")
     add_beam_argument(p)
+    add_precision_argument(p)
     p.add_argument("--nbest", type=int, default=1, help="hypotheses per input, with scores")
     p.add_argument("--max-tokens", type=int, help="source tokens per batch")
     p.add_argument(
@@ -37,7 +38,9 @@ def run(args: argparse.Namespace) -> None:
     from attnkit.files import atomic_output
     from attnkit.generation.translator import Translator, warn_truncated
 
-    translator = Translator.from_run(args.run, checkpoint=args.checkpoint, device=args.device)
+    translator = Translator.from_run(
+        args.run, checkpoint=args.checkpoint, device=args.device, precision=args.precision
+    )
     runtime.configure(translator.config.run.threads)
     beam = args.beam if args.beam is not None else max(translator.options.beam, args.nbest)
     options = translator.options.replace(beam=beam, nbest=args.nbest)

@@ -54,10 +54,16 @@ class Translator:
 
     @classmethod
     def from_run(
-        cls, run_dir: str | Path, *, checkpoint: str = "best", device: str | None = None
+        cls,
+        run_dir: str | Path,
+        *,
+        checkpoint: str = "best",
+        device: str | None = None,
+        precision: str | None = None,
     ) -> Translator:
-        """Load a run directory (see `runs.load.load_run`); process settings stay as they are."""
-        run = load_run(run_dir, checkpoint=checkpoint, device=device)
+        """Load a run directory (see `runs.load.load_run`, `precision` overriding its
+        decode.precision); process settings stay as they are."""
+        run = load_run(run_dir, checkpoint=checkpoint, device=device, precision=precision)
         return cls(run.model, run.tokenizers, run.config, run.device)
 
     def _pieces(self, number: int, line: str, ids: list[int], too_long: str) -> list[list[int]]:

@@ -7,6 +7,7 @@ themselves.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,13 +56,20 @@ def find_run_checkpoint(run_dir: Path, checkpoint: str) -> Path:
 
 
 def load_run(
-    run_dir: str | Path, *, checkpoint: str = "best", device: str | None = None
+    run_dir: str | Path,
+    *,
+    checkpoint: str = "best",
+    device: str | None = None,
+    precision: str | None = None,
 ) -> LoadedRun:
     """Load a run directory written by `attnkit train` (or `attnkit import`); `device` defaults
-    to the run's `run.device`. Every problem is a UserError naming the run or the file."""
+    to the run's `run.device`, `precision` (decoding's) to its `decode.precision`. Every problem
+    is a UserError naming the run or the file."""
     run_dir = Path(run_dir)
     check_run_dir(run_dir)
     cfg = config_lib.load(run_dir / CONFIG_FILE)
+    if precision is not None:
+        cfg = dataclasses.replace(cfg, decode=dataclasses.replace(cfg.decode, precision=precision))
     target = runtime.resolve_device(device or cfg.run.device)
     runtime.check_precision(
         "decode.precision", cfg.decode.precision, target, lstm=has_lstm(cfg.model)

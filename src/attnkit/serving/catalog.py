@@ -64,12 +64,15 @@ def model_names(runs: list[Path]) -> list[str]:
 
 
 def load_models(
-    runs: list[str | Path], *, checkpoint: str, device: str | None
+    runs: list[str | Path], *, checkpoint: str, device: str | None, precision: str | None = None
 ) -> list[ServedModel]:
-    """Load every run (a missing or untrained one is a UserError naming it)."""
+    """Load every run (a missing or untrained one is a UserError naming it); `precision`
+    overrides their decode.precision."""
     paths = [Path(run) for run in runs]
     served = []
     for name, path in zip(model_names(paths), paths, strict=True):
-        translator = Translator.from_run(path, checkpoint=checkpoint, device=device)
+        translator = Translator.from_run(
+            path, checkpoint=checkpoint, device=device, precision=precision
+        )
         served.append(ServedModel(name, path, checkpoint, translator, attention_shape(translator)))
     return served

@@ -130,6 +130,7 @@ def make_server(
     port: int = 8000,
     checkpoint: str = "best",
     device: str | None = None,
+    precision: str | None = None,
     limits: Limits = Limits(),  # noqa: B008 (frozen)
     batch_tokens: int = 4096,
     max_wait_ms: float = 10.0,
@@ -138,7 +139,8 @@ def make_server(
     threads: int | None = None,
 ) -> Server:
     """Bind host:port, load the runs (the first is the default model) on the model thread, and
-    make the server; `serve_forever` or `start` runs it. `log` takes the line of each request
+    make the server; `serve_forever` or `start` runs it. `precision` overrides the runs'
+    decode.precision. `log` takes the line of each request
     (None: quiet); `configure` applies the process settings of attnkit's commands
     (`runtime.configure`, with `threads` or else the first run's `run.threads`) on the model
     thread."""
@@ -151,7 +153,9 @@ def make_server(
     sock = bind(host, port)
     thread = ModelThread()
     try:
-        models = thread.call(load_models, runs, checkpoint=checkpoint, device=device)
+        models = thread.call(
+            load_models, runs, checkpoint=checkpoint, device=device, precision=precision
+        )
         if configure:
             threads = threads or models[0].translator.config.run.threads
             thread.call(runtime.configure, threads)
