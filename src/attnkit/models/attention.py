@@ -190,6 +190,8 @@ class MultiHeadAttention(nn.Module):
         """
         rows, length, kept = query.size(0), query.size(1), cache.keys.size(0)
         group = rows // kept
+        if group * kept != rows:
+            raise ValueError(f"{rows} query rows cannot share {kept} cached rows evenly")
         if group > 1:
             query = query.reshape(kept, group * length, self.d_model)
         (q,) = self._split_heads(self._project(query, slice(0, self.d_model)))
