@@ -200,17 +200,15 @@ class Batcher(Generic[Payload, Result]):
         """The worker thread: take a batch, decode it, resolve its futures; until closed."""
         while (batch := self._next_batch()) is not None:
             started = time.perf_counter()
+            outcomes: list[object]
             try:
-                results = list(self.decode(batch[0].key, [job.payload for job in batch]))
-                if len(results) != len(batch):
-                    raise RuntimeError(f"decode gave {len(results)} results for {len(batch)}")
+                outcomes = list(self.decode(batch[0].key, [job.payload for job in batch]))
+                if len(outcomes) != len(batch):
+                    raise RuntimeError(f"decode gave {len(outcomes)} results for {len(batch)}")
             except Exception:
                 print("attnkit: decoding a batch failed:", file=sys.stderr)
                 traceback.print_exc(file=sys.stderr)
-                failure = DecodeFailed("decoding failed; the server's log says why")
-                _settle(batch, [failure] * len(batch))
-            else:
-                _settle(batch, results)
+                outcomes = [DecodeFailed("decoding failed; the server's log says why")] * len(batch)
             self.stats.batches += 1
             self.stats.sentences += len(batch)
             self.stats.largest = max(self.stats.largest, len(batch))
@@ -220,9 +218,12 @@ class Batcher(Generic[Payload, Result]):
                 self._free_since = self.clock()
                 # The company the next batch of this key can expect: the requests waiting now,
                 # and as many again as this batch answered, whose clients may be back at once.
+                # Counted before the answers go out, so that a client already back is not
+                # counted twice (once waiting, once answered).
                 waiting = {id(job.ticket) for job in self._pending if job.key == batch[0].key}
                 answered = {id(job.ticket) for job in batch}
                 self._expected[batch[0].key] = len(waiting | answered)
+            _settle(batch, outcomes)
         with self._condition:
             left, self._pending = self._pending, []
         _settle(left, [ShuttingDown("the server is shutting down")] * len(left))
