@@ -91,6 +91,51 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def assert_shared_memory_rows_decode_alike(model, src, tgt):
+    """Decode `tgt` (B*G, T) with G rows per sentence of `src` (B, S) twice: all G reading one
+    memory row of their sentence, as beam search decodes, and each with its own copy of it."""
+    import torch
+
+    from attnkit.models.protocol import padding_mask
+
+    rows = torch.arange(src.size(0)).repeat_interleave(tgt.size(0) // src.size(0))
+    with torch.no_grad():
+        memory = model.encode(src, padding_mask(src))
+        shared = model.init_state(memory).reorder(rows)
+        copied = model.init_state(memory.reorder(rows))
+        for t in range(tgt.size(1)):
+            one = model.decode_step(memory, shared, tgt[:, t], need_attention=True)
+            own = model.decode_step(memory.reorder(rows), copied, tgt[:, t], need_attention=True)
+            torch.testing.assert_close(one.log_probs, own.log_probs, atol=1e-5, rtol=0)
+            assert (one.attention is None) == (own.attention is None)
+            if own.attention is not None:
+                torch.testing.assert_close(one.attention, own.attention, atol=1e-6, rtol=0)
+            shared, copied = one.state, own.state
+
+
+def assert_beam_decodes_a_batch_as_one_by_one(model, src, options):
+    """Beam search over the right-padded batch `src` gives each sentence what it gives that
+    sentence alone; returns the batch's hypotheses."""
+    import pytest
+    import torch
+
+    from attnkit.generation.search import beam_search
+    from attnkit.models.protocol import padding_mask
+
+    mask = padding_mask(src)
+    batched = beam_search(model, src, mask, options, need_attention=True)
+    for i, hypotheses in enumerate(batched):
+        one = src[i : i + 1, : int(mask[i].sum())]
+        alone = beam_search(model, one, padding_mask(one), options, need_attention=True)[0]
+        assert [h.tokens for h in hypotheses] == [h.tokens for h in alone]
+        assert [h.score for h in hypotheses] == pytest.approx([h.score for h in alone], abs=1e-5)
+        for h, a in zip(hypotheses, alone, strict=True):
+            assert (h.attention is None) == (a.attention is None)
+            if a.attention is not None:
+                torch.testing.assert_close(h.attention, a.attention, atol=1e-5, rtol=0)
+    return batched
+
+
 def decode_step_by_step(model, src, tgt, *, need_attention=False):
     """Log-probs (B, T, V) and attention from `decode_step` over the prefix `tgt`, one token at
     a time, to compare with teacher forcing; any architecture of the model protocol."""

@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import decode_step_by_step
+from conftest import (
+    assert_beam_decodes_a_batch_as_one_by_one,
+    assert_shared_memory_rows_decode_alike,
+    decode_step_by_step,
+)
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from attnkit.config import ModelConfig
@@ -212,47 +216,30 @@ def test_reordered_state_decodes_like_those_rows(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_rows_that_share_a_memory_row_decode_as_with_their_own_copy(variant):
-    model = tiny(**VARIANTS[variant])  # a beam's K rows read one memory row of their sentence
-    src, group = padded_batch([5, 2, 7]), 4
-    tgt = tokens(3 * group, 4, seed=2)
-    rows = torch.arange(3).repeat_interleave(group)
+    # a beam's K = 4 rows read one memory row of their sentence
+    assert_shared_memory_rows_decode_alike(
+        tiny(**VARIANTS[variant]), padded_batch([5, 2, 7]), tokens(3 * 4, 4, seed=2)
+    )
+
+
+def peaked(variant: str) -> RecurrentSeq2Seq:
+    """`tiny` with larger logits: distinct choices, and some sentences end early."""
+    model = tiny(**VARIANTS[variant])
     with torch.no_grad():
-        memory = model.encode(src, padding_mask(src))
-        shared = model.init_state(memory).reorder(rows)
-        copied = model.init_state(memory.reorder(rows))
-        for t in range(4):
-            one = model.decode_step(memory, shared, tgt[:, t], need_attention=True)
-            own = model.decode_step(memory.reorder(rows), copied, tgt[:, t], need_attention=True)
-            torch.testing.assert_close(one.log_probs, own.log_probs, atol=1e-5, rtol=0)
-            if own.attention is not None:
-                torch.testing.assert_close(one.attention, own.attention, atol=1e-6, rtol=0)
-            shared, copied = one.state, own.state
+        model.output_projection.weight.mul_(8)
+    return model
 
 
 @pytest.mark.parametrize("variant", ["gru-bahdanau", "lstm-none", "lstm-luong-dot"])
 def test_a_beam_decodes_a_batch_as_its_sentences_one_by_one(variant):
-    model = tiny(**VARIANTS[variant])
-    with torch.no_grad():  # larger logits: distinct choices, and some sentences end early
-        model.output_projection.weight.mul_(8)
-    src = padded_batch([5, 2, 7, 4])
-    options = SearchOptions(beam=4, nbest=3)
-    batched = beam_search(model, src, padding_mask(src), options, need_attention=True)
-    for i, hypotheses in enumerate(batched):
-        one = src[i : i + 1, : int(padding_mask(src)[i].sum())]
-        alone = beam_search(model, one, padding_mask(one), options, need_attention=True)[0]
-        assert [h.tokens for h in hypotheses] == [h.tokens for h in alone]
-        assert [h.score for h in hypotheses] == pytest.approx([h.score for h in alone], abs=1e-5)
-        for h, a in zip(hypotheses, alone, strict=True):
-            assert (h.attention is None) == (a.attention is None)
-            if a.attention is not None:
-                torch.testing.assert_close(h.attention, a.attention, atol=1e-5, rtol=0)
+    assert_beam_decodes_a_batch_as_one_by_one(
+        peaked(variant), padded_batch([5, 2, 7, 4]), SearchOptions(beam=4, nbest=3)
+    )
 
 
 @pytest.mark.parametrize("variant", ["gru-bahdanau", "lstm-none", "rnn-luong-general"])
 def test_beam_of_one_is_greedy(variant):
-    model = tiny(**VARIANTS[variant])
-    with torch.no_grad():  # larger logits: distinct choices, and some sentences end early
-        model.output_projection.weight.mul_(8)
+    model = peaked(variant)
     src = padded_batch([5, 2, 7, 4])
     greedy = greedy_search(model, src, padding_mask(src))
     beam = [hyps[0] for hyps in beam_search(model, src, padding_mask(src), SearchOptions(beam=1))]

@@ -3,7 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import decode_step_by_step
+from conftest import (
+    assert_beam_decodes_a_batch_as_one_by_one,
+    assert_shared_memory_rows_decode_alike,
+    decode_step_by_step,
+)
 
 from attnkit.models.protocol import Memory, padding_mask
 from attnkit.models.transformer import TRANSFORMER_PRESETS, Transformer
@@ -171,42 +175,28 @@ def test_reordered_state_decodes_like_those_rows():
     torch.testing.assert_close(torch.stack(reordered, 1), expected[:, 3:], atol=1e-5, rtol=0)
 
 
+def padded(*lengths: int) -> torch.Tensor:
+    """Random sentences of these lengths, right-padded to 7 tokens (B, 7)."""
+    return torch.stack([pad_to(tokens(1, n, seed=n)[0], 7) for n in lengths])
+
+
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_rows_that_share_a_memory_row_decode_as_with_their_own_copy(norm):
-    model = tiny(norm=norm)  # a beam's K rows read one memory row of their sentence
-    src = torch.stack([pad_to(tokens(1, n, seed=n)[0], 7) for n in (5, 2, 7)])
-    group, rows = 4, torch.arange(3).repeat_interleave(4)
-    tgt = tokens(3 * group, 4, seed=2)
-    with torch.no_grad():
-        memory = model.encode(src, padding_mask(src))
-        shared = model.init_state(memory).reorder(rows)
-        copied = model.init_state(memory.reorder(rows))
-        for t in range(4):
-            one = model.decode_step(memory, shared, tgt[:, t], need_attention=True)
-            own = model.decode_step(memory.reorder(rows), copied, tgt[:, t], need_attention=True)
-            torch.testing.assert_close(one.log_probs, own.log_probs, atol=1e-5, rtol=0)
-            torch.testing.assert_close(one.attention, own.attention, atol=1e-6, rtol=0)
-            shared, copied = one.state, own.state
+    # a beam's K = 4 rows read one memory row of their sentence
+    assert_shared_memory_rows_decode_alike(
+        tiny(norm=norm), padded(5, 2, 7), tokens(3 * 4, 4, seed=2)
+    )
 
 
 def test_a_beam_decodes_a_batch_as_its_sentences_one_by_one():
-    from attnkit.generation.search import SearchOptions, beam_search
+    from attnkit.generation.search import SearchOptions
 
     model = tiny(output_bias=True)
     with torch.no_grad():  # larger logits, and a likelier eos: hypotheses end at many lengths
         model.output_projection.weight.mul_(2)
         model.output_projection.bias[3] += 4.0  # eos
-    lengths = (5, 2, 7, 4)
-    src = torch.stack([pad_to(tokens(1, n, seed=n)[0], 7) for n in lengths])
     options = SearchOptions(beam=4, nbest=3, max_len_a=1, max_len_b=4)
-    batched = beam_search(model, src, padding_mask(src), options, need_attention=True)
-    for i, n in enumerate(lengths):
-        one = src[i : i + 1, :n]
-        alone = beam_search(model, one, padding_mask(one), options, need_attention=True)[0]
-        assert [h.tokens for h in batched[i]] == [h.tokens for h in alone]
-        assert [h.score for h in batched[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
-        for h, a in zip(batched[i], alone, strict=True):
-            torch.testing.assert_close(h.attention, a.attention, atol=1e-5, rtol=0)
+    batched = assert_beam_decodes_a_batch_as_one_by_one(model, padded(5, 2, 7, 4), options)
     assert len({len(h.tokens) for hypotheses in batched for h in hypotheses}) > 3
 
 
