@@ -111,9 +111,8 @@ class TrainConfig:
     keep_checkpoints: int = 0  # also keep step-N weights of the last N validations; 0: none
     save_every_minutes: float | None = 10.0  # also save checkpoints/last this often; null: never
     max_bad_steps: int = 10  # non-finite updates in a row (each skipped) before the run stops
-    init_from: str | None = (
-        None  # a run (trained or imported) whose weights, model and tokenizer start this one
-    )
+    # a run (trained or imported) whose weights, model and tokenizer start this one
+    init_from: str | None = None
     progress: bool = True
 
 

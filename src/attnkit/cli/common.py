@@ -20,6 +20,11 @@ PRECISION_HELP = (
 def add_run_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
     """RUN, --checkpoint and (unless `device` is False) --device."""
     parser.add_argument("run", help="run directory")
+    add_loading_arguments(parser, device=device)
+
+
+def add_loading_arguments(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
+    """--checkpoint and (unless `device` is False) --device: which weights, on what."""
     parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
     if device:
         parser.add_argument("--device", help=DEVICE_HELP)

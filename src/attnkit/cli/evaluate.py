@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from attnkit.cli.common import CHECKPOINTS, add_beam_argument, add_precision_argument
+from attnkit.cli.common import add_beam_argument, add_loading_arguments, add_precision_argument
 from attnkit.errors import UserError
 
 LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}  # others: NAME.upper()
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_beam_argument(p)
     add_precision_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    add_loading_arguments(p, device=False)
     p.set_defaults(func=run)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from attnkit.cli.common import CHECKPOINTS
+from attnkit.cli.common import add_loading_arguments
 from attnkit.errors import UserError
 
 
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--to", choices=["ctranslate2", "hf"], required=True, help="target format")
     p.add_argument("out", help="output folder (new, or an earlier export to replace)")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
+    add_loading_arguments(p, device=False)
     p.add_argument(
         "--quantization",
         default="none",

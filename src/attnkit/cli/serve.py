@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from attnkit.cli.common import CHECKPOINTS, DEVICE_HELP, PRECISION_HELP, PRECISIONS
+from attnkit.cli.common import add_loading_arguments, add_precision_argument
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)"
     )
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="best")
-    p.add_argument("--device", help=DEVICE_HELP)
-    p.add_argument("--precision", choices=PRECISIONS, help=PRECISION_HELP)
+    add_loading_arguments(p)
+    add_precision_argument(p)
     p.add_argument(
         "--threads",
         type=int,

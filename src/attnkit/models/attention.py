@@ -282,8 +282,9 @@ def _causal_mask(query_length: int, key_length: int, device: torch.device) -> Te
 
 # Additive (Bahdanau et al. 2015) and multiplicative (Luong et al. 2015) attention for the
 # recurrent models: one query per sentence (B, Dq), or G (a beam's K rows), against the encoder
-# states (B, S, Dk). Each returns `Attended(context (B*G, Dk), weights (B*G, S))`: no head and no query-length dimension, and
-# weights always, since a recurrent decoder attends once per step and they cost nothing extra.
+# states (B, S, Dk). Each returns `Attended(context (B*G, Dk), weights (B*G, S))`: no head and
+# no query-length dimension, and weights always, since a recurrent decoder attends once per
+# step and they cost nothing extra.
 # Keys (the states as the score sees them) are a function of the memory alone, so a decoder
 # computes them once per sentence with `keys(memory)` and passes them to every step.
 
